@@ -1,0 +1,122 @@
+"""Self-contained checkpoints: reading, resolving 'best'/'latest' through checkpoints.json, loading a model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from oneformer.data.labelmap import LabelMap
+from oneformer.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+META_KEY = "oneformer"
+INDEX = "checkpoints.json"
+LATEST = "oneformer_model_latest.pth"
+NAME = "model_epoch_{epoch:03d}_step_{step:05d}.pth"
+PREFIX = "net."
+
+
+@dataclass
+class Checkpoint:
+    """What downstream actions need from a training checkpoint, without the training data."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    hf_config: dict
+    label_map: list[dict]
+    contiguous_id: bool
+    spec: dict
+    epoch: int
+    step: int
+
+    @property
+    def labels(self) -> LabelMap:
+        """The label map the model was trained with."""
+        return LabelMap.from_list(self.label_map, self.contiguous_id, f"{self.path} label map")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Load with weights_only=True: our checkpoints hold only tensors and plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to a user
+        raise CheckpointError(f"{path} is not a loadable checkpoint: {exc}") from exc
+    meta = raw.get(META_KEY) if isinstance(raw, dict) else None
+    if meta is None:
+        raise CheckpointError(f"{path} is not a oneformer checkpoint (no '{META_KEY}' section)")
+    state = {k.removeprefix(PREFIX): v for k, v in raw["state_dict"].items()}
+    return Checkpoint(path, state, meta["hf_config"], meta["label_map"], meta.get("contiguous_id", True),
+                      meta.get("spec", {}), int(raw.get("epoch", 0)), int(raw.get("global_step", 0)))
+
+
+def read_index(train_dir: Path) -> list[dict]:
+    """Entries of checkpoints.json (empty when there is none yet)."""
+    p = Path(train_dir) / INDEX
+    return json.loads(p.read_text()) if p.is_file() else []
+
+
+def write_index(train_dir: Path, entries: list[dict]) -> None:
+    """Atomic rewrite of checkpoints.json."""
+    p = Path(train_dir) / INDEX
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entries, indent=1))
+    os.replace(tmp, p)
+
+
+def best_entry(entries: list[dict], metric: str = "mIoU") -> dict | None:
+    """The entry with the highest metric whose file still exists."""
+    scored = [e for e in entries if e.get("metrics", {}).get(metric) is not None and Path(e["path"]).is_file()]
+    return max(scored, key=lambda e: (e["metrics"][metric], e["step"])) if scored else None
+
+
+def resolve(value: str | None, train_dir: Path, key: str) -> Path:
+    """An exact checkpoint path, or 'best' (by validation mIoU) / 'latest' from a train folder."""
+    value = (value or "best").strip()
+    if value not in ("best", "latest"):
+        path = Path(value)
+        if path.is_dir():
+            return resolve("best", path, key)
+        if not path.is_file():
+            raise CheckpointError(f"{key}: checkpoint {path} does not exist")
+        return path
+    train_dir = Path(train_dir)
+    if value == "latest":
+        latest = train_dir / LATEST
+        if not latest.exists():
+            raise CheckpointError(f"{key}=latest: no {LATEST} in {train_dir}; train first or give a path")
+        return latest.resolve()
+    entries = read_index(train_dir)
+    best = best_entry(entries)
+    if best is None:
+        if not entries:
+            raise CheckpointError(f"{key}=best: no {INDEX} with checkpoints in {train_dir}; train first or "
+                                  f"set {key} to a .pth file")
+        raise CheckpointError(f"{key}=best: no checkpoint in {train_dir / INDEX} has a validation mIoU; "
+                              f"set {key} to a .pth file or 'latest'")
+    log.info("%s=best: %s (mIoU %.4f)", key, best["path"], best["metrics"]["mIoU"])
+    return Path(best["path"])
+
+
+def load_network(ckpt: Checkpoint, training: bool = False):  # noqa: ANN201 - returns transformers' model
+    """The network with the checkpoint's weights, in inference mode unless asked otherwise."""
+    from transformers import OneFormerConfig
+
+    from oneformer.model import build_network, set_training_mode
+
+    config = OneFormerConfig.from_dict(ckpt.hf_config)
+    net = build_network(config)
+    missing, unexpected = net.load_state_dict(ckpt.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt.path}: weights do not match its own config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    set_training_mode(net, training)
+    return net

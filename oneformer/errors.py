@@ -1,0 +1,24 @@
+"""Errors a user can act on: each names the file, key or value and says what to do."""
+
+from __future__ import annotations
+
+
+class OneFormerError(Exception):
+    """Base of every error the CLI reports as a clean message instead of a traceback."""
+
+
+class SpecError(OneFormerError):
+    """The experiment spec is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        head = f"invalid spec {source}" if source else "invalid spec"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class DataError(OneFormerError):
+    """A dataset file is missing, malformed or inconsistent with the spec."""
+
+
+class CheckpointError(OneFormerError):
+    """A checkpoint cannot be found, resolved or loaded."""

@@ -1,0 +1,164 @@
+"""transformers' OneFormerForUniversalSegmentation built from the spec, plus weights loading and freezing."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from pathlib import Path
+
+import torch
+from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, SwinConfig
+
+from oneformer.errors import CheckpointError
+from oneformer.spec import ModelConfig
+
+log = logging.getLogger(__name__)
+
+Network = OneFormerForUniversalSegmentation
+
+
+def hf_config(model: ModelConfig, class_names: list[str] | None = None, training: bool = True) -> OneFormerConfig:
+    """Map TAO's model keys onto transformers' OneFormerConfig (Swin backbone)."""
+    swin = model.backbone.swin
+    stages = [f"stage{i + 1}" for i in swin.out_indices]
+    backbone = SwinConfig(
+        image_size=swin.pretrain_img_size,
+        patch_size=swin.patch_size,
+        embed_dim=swin.embed_dim,
+        depths=swin.depths,
+        num_heads=swin.num_heads,
+        window_size=swin.window_size,
+        mlp_ratio=swin.mlp_ratio,
+        qkv_bias=swin.qkv_bias,
+        hidden_dropout_prob=swin.drop_rate,
+        attention_probs_dropout_prob=swin.attn_drop_rate,
+        drop_path_rate=swin.drop_path_rate,
+        use_absolute_embeddings=swin.ape,
+        out_features=stages,
+    )
+    head, seg, text = model.one_former, model.sem_seg_head, model.text_encoder
+    n = seg.num_classes
+    names = class_names or [f"class_{i}" for i in range(n)]
+    return OneFormerConfig(
+        backbone_config=backbone,
+        num_labels=n,
+        id2label={i: names[i] if i < len(names) else f"class_{i}" for i in range(n)},
+        label2id={(names[i] if i < len(names) else f"class_{i}"): i for i in range(n)},
+        ignore_value=seg.ignore_value,
+        num_queries=head.num_object_queries,
+        no_object_weight=head.no_object_weight,
+        class_weight=head.class_weight,
+        mask_weight=head.mask_weight,
+        dice_weight=head.dice_weight,
+        contrastive_weight=head.contrastive_weight,
+        contrastive_temperature=head.contrastive_temperature,
+        train_num_points=head.train_num_points,
+        oversample_ratio=head.oversample_ratio,
+        importance_sample_ratio=head.importance_sample_ratio,
+        is_training=training,
+        use_auxiliary_loss=head.deep_supervision,
+        output_auxiliary_logits=False,
+        task_seq_len=text.task_seq_len,
+        text_encoder_width=text.width,
+        text_encoder_context_length=text.context_length,
+        text_encoder_num_layers=text.num_layers,
+        text_encoder_vocab_size=text.vocab_size,
+        text_encoder_proj_layers=text.proj_num_layers,
+        text_encoder_n_ctx=text.n_ctx,
+        conv_dim=seg.convs_dim,
+        mask_dim=seg.mask_dim,
+        hidden_dim=head.hidden_dim,
+        encoder_feedforward_dim=seg.dim_feedforward,
+        norm=seg.norm,
+        encoder_layers=seg.transformer_enc_layers,
+        decoder_layers=head.dec_layers,
+        num_attention_heads=head.nheads,
+        dim_feedforward=head.dim_feedforward,
+        dropout=head.dropout,
+        pre_norm=head.pre_norm,
+        enforce_input_proj=head.enforce_input_proj,
+        common_stride=seg.common_stride,
+    )
+
+
+def num_text(config: OneFormerConfig) -> int:
+    """Length of the per-image class-text list: queries minus the learned text context."""
+    return config.num_queries - config.text_encoder_n_ctx
+
+
+def set_training_mode(net: Network, training: bool) -> None:
+    """Switch OneFormer's own `is_training` flags (dropout, text mapper, contrastive loss) with the module mode.
+
+    transformers stores the flag on several sub-modules at construction; `.eval()` alone leaves them on.
+    """
+    net.config.is_training = training
+    for module in net.modules():
+        if hasattr(module, "is_training"):
+            module.is_training = training
+    net.train(training)
+
+
+def build_network(config: OneFormerConfig) -> Network:
+    """A freshly initialized network (always with the text mapper, so checkpoints can resume training)."""
+    config.is_training = True
+    return OneFormerForUniversalSegmentation(config)
+
+
+def load_pretrained(net: Network, source: str) -> None:
+    """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only)."""
+    path = Path(source)
+    if path.suffix in (".pth", ".ckpt") and path.is_file():
+        from oneformer.checkpoint import read_checkpoint
+
+        state = read_checkpoint(path).state_dict
+    else:
+        try:
+            state = OneFormerForUniversalSegmentation.from_pretrained(source).state_dict()
+        except OSError as exc:
+            raise CheckpointError(
+                f"train.pretrained_model {source!r}: not a checkpoint file, a transformers folder, "
+                f"or a reachable hub id ({exc})"
+            ) from exc
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = [k for k in state if k not in usable]
+    net.load_state_dict(usable, strict=False)
+    log.info("pretrained %s: loaded %d tensors, skipped %d (shape or name differ)", source, len(usable), len(skipped))
+    if not usable:
+        raise CheckpointError(f"pretrained weights {source} share no tensors with this model")
+
+
+def load_backbone(net: Network, source: str) -> None:
+    """Initialize the Swin backbone from a transformers Swin folder/id or a state-dict file."""
+    backbone = net.model.pixel_level_module.encoder
+    path = Path(source)
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state))
+    else:
+        from transformers import SwinModel
+
+        state = SwinModel.from_pretrained(source).state_dict()
+    own = backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CheckpointError(f"train.pretrained_backbone {source}: no tensor matches the Swin backbone")
+    backbone.load_state_dict(usable, strict=False)
+    log.info("pretrained backbone %s: loaded %d of %d tensors", source, len(usable), len(own))
+
+
+def freeze(net: Network, patterns: list[str]) -> int:
+    """Freeze parameters whose names match any fnmatch pattern; returns how many were frozen."""
+    count = 0
+    for name, p in net.named_parameters():
+        if any(fnmatch.fnmatch(name, pat) or name.startswith(pat) for pat in patterns):
+            p.requires_grad_(False)
+            count += 1
+    if patterns and count == 0:
+        raise CheckpointError(f"train.freeze {patterns} matches no parameter name")
+    return count
+
+
+def is_backbone_param(name: str) -> bool:
+    """Backbone parameters get lr * backbone_multiplier."""
+    return ".pixel_level_module.encoder." in f".{name}"

@@ -1,0 +1,566 @@
+"""The experiment spec: pydantic models with TAO's OneFormer key names, loading and overrides."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from oneformer.errors import SpecError
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
+Task = Literal["semantic", "instance", "panoptic"]
+
+
+def tunable(default: Any, low: float, high: float, scale: str = "linear", **kw: Any) -> Any:
+    """A field AutoML may search; its bounds and scale land in the JSON Schema under `automl`."""
+    extra = {"automl": {"min": low, "max": high, "scale": scale, "default": default}}
+    return Field(default, ge=low, le=high, json_schema_extra=extra, **kw)
+
+
+class Section(BaseModel):
+    """Every spec section rejects unknown keys and re-validates on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- dataset
+class SplitConfig(Section):
+    """One dataset split: images, annotations and (for panoptic) the segment PNG folder."""
+
+    images: str | None = Field(None, description="Image folder, .tar.gz archive or URL (s3://, file://)")
+    annotations: str | None = Field(
+        None, description="COCO panoptic JSON, COCO instance JSON, or semantic JSONL"
+    )
+    panoptic: str | None = Field(None, description="Folder or archive of COCO panoptic PNGs")
+    format: Literal["auto", "coco_panoptic", "coco", "semantic"] = Field(
+        "auto", description="Annotation format; auto detects it from the annotation file"
+    )
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class AugmentationConfig(Section):
+    """Training and test resizing, as in TAO's dataset.augmentation."""
+
+    train_min_size: list[int] = Field(
+        default_factory=lambda: [512, 576, 640, 704, 768, 832, 896, 960, 1024],
+        description="Shortest-side sizes sampled for random resize",
+    )
+    train_max_size: int = Field(2048, gt=0, description="Longest side cap after random resize")
+    train_crop_size: list[int] = Field(default_factory=lambda: [1024, 1024], description="Crop [H, W]")
+    test_min_size: int = Field(1024, gt=0, description="Shortest side at evaluation")
+    test_max_size: int = Field(2048, gt=0, description="Longest side cap at evaluation")
+    fixed_padding: bool = Field(True, description="Pad every image to the crop size (stable memory)")
+    random_flip: bool = Field(True, description="Horizontal flip with probability 0.5")
+    min_scale: float = tunable(0.5, 0.1, 1.0, description="Smallest random-resize scale of the crop size")
+    max_scale: float = tunable(2.0, 1.0, 4.0, description="Largest random-resize scale of the crop size")
+
+    @field_validator("train_crop_size")
+    @classmethod
+    def _two_sizes(cls, v: list[int]) -> list[int]:
+        if len(v) == 1:
+            v = [v[0], v[0]]
+        if len(v) != 2 or min(v) <= 0:
+            raise ValueError("must be [height, width] with positive values")
+        return v
+
+
+class TaskProbability(Section):
+    """How often each task is sampled per training image (OneFormer's task-conditioned training)."""
+
+    semantic: float = Field(0.33, ge=0)
+    instance: float = Field(0.33, ge=0)
+    panoptic: float = Field(0.34, ge=0)
+
+    @model_validator(mode="after")
+    def _some_task(self) -> TaskProbability:
+        if self.semantic + self.instance + self.panoptic <= 0:
+            raise ValueError("at least one task probability must be positive")
+        return self
+
+
+class CalibrationConfig(Section):
+    """Images used to calibrate INT8 quantization."""
+
+    images_dir: str | None = Field(None, description="Folder, .tar.gz archive or URL of calibration images")
+
+
+class DatasetConfig(Section):
+    """Data sources, label map and preprocessing."""
+
+    train: SplitConfig = Field(default_factory=SplitConfig)
+    val: SplitConfig = Field(default_factory=SplitConfig)
+    test: SplitConfig = Field(default_factory=SplitConfig)
+    label_map: str | None = Field(None, description="JSON list of {id, name, isthing, color}")
+    contiguous_id: bool = Field(True, description="Map raw category ids to 0..N-1 in label-map order")
+    image_size: int = Field(1024, gt=0, description="Default square size for evaluation and inference")
+    pixel_mean: list[float] = Field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = Field(default_factory=lambda: [58.395, 57.12, 57.375])
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    task_probability: TaskProbability = Field(default_factory=TaskProbability)
+    quant_calibration_dataset: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    ignore_value: int = Field(255, description="Label of void pixels in semantic maps")
+
+
+# ----------------------------------------------------------------------------- model
+class SwinConfig(Section):
+    """Swin Transformer backbone, TAO's key names."""
+
+    embed_dim: int = Field(192, gt=0)
+    depths: list[int] = Field(default_factory=lambda: [2, 2, 18, 2])
+    num_heads: list[int] = Field(default_factory=lambda: [6, 12, 24, 48])
+    window_size: int = Field(12, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    patch_size: int = Field(4, gt=0)
+    patch_norm: bool = True
+    ape: bool = False
+    pretrain_img_size: int = Field(384, gt=0)
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    attn_drop_rate: float = Field(0.0, ge=0, le=1)
+    drop_rate: float = Field(0.0, ge=0, le=1)
+    drop_path_rate: float = Field(0.3, ge=0, le=1)
+    out_features: list[str] = Field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
+    out_indices: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    use_checkpoint: bool = False
+
+    @model_validator(mode="after")
+    def _stages_match(self) -> SwinConfig:
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have equal length")
+        return self
+
+
+class BackboneConfig(Section):
+    """Backbone choice and its weights."""
+
+    name: Literal["D2SwinTransformer", "swin"] = "D2SwinTransformer"
+    freeze_at: int = Field(0, ge=0)
+    pretrained_weights: str | None = None
+    swin: SwinConfig = Field(default_factory=SwinConfig)
+
+
+class OneFormerHead(Section):
+    """Transformer decoder and loss settings (TAO's model.one_former)."""
+
+    num_object_queries: int = Field(150, gt=0)
+    hidden_dim: int = Field(256, gt=0)
+    nheads: int = Field(8, gt=0)
+    dim_feedforward: int = Field(2048, gt=0)
+    dec_layers: int = Field(10, ge=2)
+    dropout: float = Field(0.1, ge=0, le=1, description="Decoder dropout; 0 for short runs (see specs/smoke.yaml)")
+    pre_norm: bool = False
+    enforce_input_proj: bool = False
+    deep_supervision: bool = True
+    no_object_weight: float = Field(0.1, ge=0)
+    class_weight: float = Field(2.0, ge=0)
+    mask_weight: float = Field(5.0, ge=0)
+    dice_weight: float = Field(5.0, ge=0)
+    contrastive_weight: float = Field(0.5, ge=0)
+    contrastive_temperature: float = Field(0.07, gt=0)
+    train_num_points: int = Field(12544, gt=0)
+    oversample_ratio: float = Field(3.0, ge=1)
+    importance_sample_ratio: float = Field(0.75, ge=0, le=1)
+    size_divisibility: int = Field(32, ge=0)
+
+
+class SemSegHead(Section):
+    """Pixel decoder and class count (TAO's model.sem_seg_head)."""
+
+    num_classes: int = Field(133, gt=0)
+    common_stride: int = Field(4, gt=0)
+    convs_dim: int = Field(256, gt=0)
+    mask_dim: int = Field(256, gt=0)
+    transformer_enc_layers: int = Field(6, ge=0)
+    dim_feedforward: int = Field(1024, gt=0)
+    norm: Literal["GN"] = "GN"
+    ignore_value: int = 255
+
+
+class TextEncoder(Section):
+    """The text encoder that embeds task and class text."""
+
+    width: int = Field(256, ge=64, description="Must be >= 64 (heads = width // 64)")
+    context_length: int = Field(77, gt=0)
+    num_layers: int = Field(6, gt=0)
+    vocab_size: int = Field(49408, gt=0)
+    proj_num_layers: int = Field(2, gt=0)
+    n_ctx: int = Field(16, gt=0)
+    task_seq_len: int = Field(77, gt=0)
+
+
+class TestConfig(Section):
+    """Post-processing thresholds."""
+
+    object_mask_threshold: float = Field(0.8, ge=0, le=1)
+    overlap_threshold: float = Field(0.8, ge=0, le=1)
+    test_topk_per_image: int = Field(100, gt=0)
+
+
+class TaskToggling(Section):
+    """Which tasks the model is evaluated (and trained) on."""
+
+    semantic_on: bool = True
+    instance_on: bool = True
+    panoptic_on: bool = True
+
+
+class ModelConfig(Section):
+    """Network architecture."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    one_former: OneFormerHead = Field(default_factory=OneFormerHead)
+    sem_seg_head: SemSegHead = Field(default_factory=SemSegHead)
+    text_encoder: TextEncoder = Field(default_factory=TextEncoder)
+    test: TestConfig = Field(default_factory=TestConfig)
+    task_toggling: TaskToggling = Field(default_factory=TaskToggling)
+
+    @model_validator(mode="after")
+    def _queries_fit_text(self) -> ModelConfig:
+        if self.one_former.num_object_queries <= self.text_encoder.n_ctx:
+            raise ValueError(
+                f"model.one_former.num_object_queries ({self.one_former.num_object_queries}) must exceed "
+                f"model.text_encoder.n_ctx ({self.text_encoder.n_ctx}): the text list holds queries - n_ctx"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- train
+class OptimConfig(Section):
+    """Optimizer and learning-rate schedule."""
+
+    type: Literal["AdamW", "SGD"] = "AdamW"
+    lr: float = tunable(1e-4, 1e-6, 1e-2, "log", description="Learning rate of everything but the backbone")
+    backbone_multiplier: float = tunable(0.1, 0.01, 1.0, "log", description="Backbone lr = lr * this")
+    momentum: float = tunable(0.9, 0.5, 0.99, description="SGD momentum / AdamW beta1")
+    weight_decay: float = tunable(0.05, 1e-5, 0.1, "log")
+    lr_scheduler: Literal["MultiStep", "StepLR", "Poly", "Cosine", "Constant"] = "MultiStep"
+    milestones: list[int] = Field(default_factory=lambda: [44, 48], description="Epochs where lr *= gamma")
+    gamma: float = Field(0.1, gt=0)
+    step_size: int = Field(10, gt=0, description="Epochs between decays for StepLR")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up length in epochs")
+    monitor_name: Literal["val_loss", "train_loss", "mIoU"] = "mIoU"
+
+
+class TrainConfig(Section):
+    """Training loop, devices and checkpoints."""
+
+    num_gpus: int = Field(1, ge=0, description="Devices; 0 or no CUDA means CPU")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    num_nodes: int = Field(1, ge=1)
+    seed: int = Field(1234, ge=0)
+    num_epochs: int = Field(50, gt=0)
+    checkpoint_interval: int = Field(1, gt=0)
+    validation_interval: int = Field(1, gt=0)
+    iters_per_epoch: int | None = Field(None, gt=0, description="Limit batches per epoch")
+    results_dir: str | None = None
+    resume_training_checkpoint_path: str | None = None
+    pretrained_model: str | None = Field(None, description="Our checkpoint, a transformers folder or hub id")
+    pretrained_backbone: str | None = None
+    precision: str = Field("32", description="Lightning precision: 32, 16-mixed, bf16-mixed")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    clip_grad_type: Literal["full", "norm", "value"] = "full"
+    clip_grad_norm: float = Field(0.01, ge=0, description="0 disables clipping")
+    freeze: list[str] = Field(default_factory=list, description="Parameter-name patterns (fnmatch) to freeze")
+    activation_checkpoint: bool = False
+    distributed_strategy: Literal["ddp", "ddp_sharded"] = "ddp"
+    verbose: bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _lightning_precision(cls, v: Any) -> str:
+        aliases = {"fp32": "32", "32": "32", "fp16": "16-mixed", "16": "16-mixed", "bf16": "bf16-mixed"}
+        key = str(v).strip().lower()
+        if key in ("32", "16-mixed", "bf16-mixed", "32-true", "16-true", "bf16-true", "64", "64-true"):
+            return key
+        if key in aliases:
+            log.warning("train.precision %r normalized to Lightning's %r", v, aliases[key])
+            return aliases[key]
+        raise ValueError(f"unknown precision {v!r}; use 32, 16-mixed (fp16) or bf16-mixed")
+
+
+# ----------------------------------------------------------------------------- other actions
+class EvaluateConfig(Section):
+    """Evaluation of a checkpoint, ONNX file, engine, or prediction files."""
+
+    checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
+    trt_engine: str | None = None
+    predictions: str | None = Field(None, description="Folder of prediction files to score instead")
+    num_gpus: int = Field(1, ge=0)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    results_dir: str | None = None
+    batch_size: int = Field(1, ge=1)
+    iou_per_class: bool = True
+    max_images: int | None = Field(None, gt=0, description="Evaluate only the first N images")
+
+
+class InferenceConfig(Section):
+    """Prediction over a folder of images."""
+
+    checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
+    trt_engine: str | None = None
+    mode: Task = "semantic"
+    images_dir: str | None = Field(None, description="Folder, .tar.gz archive or URL of images")
+    image_size: list[int] = Field(default_factory=lambda: [1024, 1024])
+    results_dir: str | None = None
+    num_gpus: int = Field(1, ge=0)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    batch_size: int = Field(1, ge=1)
+    opacity: float = Field(0.5, ge=0, le=1, description="Overlay blend of the colored label map")
+
+
+class ExportConfig(Section):
+    """ONNX export."""
+
+    checkpoint: str = "best"
+    onnx_file: str | None = None
+    on_cpu: bool = True
+    opset_version: int = Field(17, ge=13)
+    input_channel: Literal[3] = 3
+    input_width: int = Field(640, gt=0)
+    input_height: int = Field(640, gt=0)
+    batch_size: int = Field(-1, ge=-1)
+    task: Task = "semantic"
+    overwrite: bool = False
+    results_dir: str | None = None
+    min_agreement: float = Field(0.99, ge=0, le=1, description="Fail if ONNX/PyTorch label agreement is lower")
+
+
+class QuantizeConfig(Section):
+    """INT8 post-training quantization."""
+
+    model_path: str = Field("best", description="An ONNX file or a checkpoint")
+    onnx_file: str | None = None
+    results_dir: str | None = None
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    num_calibration_images: int = Field(16, gt=0)
+    per_channel: bool = True
+    min_agreement: float = Field(0.95, ge=0, le=1)
+    overwrite: bool = False
+
+
+class TensorRTConfig(Section):
+    """TensorRT builder settings."""
+
+    data_type: Literal["fp32", "fp16", "int8"] = "fp16"
+    workspace_size: int = Field(4096, gt=0, description="MiB")
+    min_batch_size: int = Field(1, gt=0)
+    opt_batch_size: int = Field(1, gt=0)
+    max_batch_size: int = Field(1, gt=0)
+    timing_cache: str | None = None
+
+
+class GenTrtEngineConfig(Section):
+    """TensorRT engine generation."""
+
+    onnx_file: str | None = None
+    trt_engine: str | None = None
+    results_dir: str | None = None
+    gpu_id: int = Field(0, ge=0)
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+
+
+class AutoMLConfig(Section):
+    """Hyper-parameter search with Optuna."""
+
+    n_trials: int = Field(4, gt=0)
+    timeout: int | None = Field(None, gt=0, description="Seconds")
+    sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    pruner: Literal["hyperband", "median", "none"] = "median"
+    n_jobs: int = Field(1, gt=0, description="Trials run in parallel")
+    storage: str | None = Field(None, description="SQLAlchemy URL; default SQLite in results_dir")
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="key -> {min, max, scale} narrowing or extending the schema"
+    )
+
+
+class ExperimentSpec(Section):
+    """The whole experiment spec, as TAO lays it out."""
+
+    results_dir: str = "/results"
+    encryption_key: str | None = None
+    model_name: str = Field("oneformer", description="Registered model name")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    gen_trt_engine: GenTrtEngineConfig = Field(default_factory=GenTrtEngineConfig)
+    automl: AutoMLConfig = Field(default_factory=AutoMLConfig)
+
+    def action_dir(self, action: str) -> Path:
+        """Where an action writes: its own results_dir if set, else <results_dir>/<action>."""
+        section = getattr(self, action, None)
+        own = getattr(section, "results_dir", None)
+        return Path(own) if own else Path(self.results_dir) / action
+
+
+# ----------------------------------------------------------------------------- TAO compatibility
+# Keys TAO accepts that have no effect here: dropped with a note instead of failing.
+IGNORED_KEYS = {
+    "model.export": "export settings live in the export section",
+    "model.mode": "use inference.mode",
+    "model.backbone.type": "the backbone is chosen by model.backbone.name",
+    "dataset.cutmix_prob": "cutmix is not implemented",
+    "dataset.workers": "use dataset.<split>.num_workers",
+    "dataset.dataset_type": "annotations are always shared across workers",
+    "dataset.name": "informational only",
+    "train.pretrained_model_path": "use train.pretrained_model",
+    "export.gpu_id": "export runs on CPU",
+    "evaluate.trt_batch_size": "batch size comes from evaluate.batch_size",
+}
+# Keys TAO places elsewhere: moved with a note.
+MOVED_KEYS = {
+    "model.object_mask_threshold": "model.test.object_mask_threshold",
+    "model.overlap_threshold": "model.test.overlap_threshold",
+    "model.test_topk_per_image": "model.test.test_topk_per_image",
+    "model.one_former.mask_dim": "model.sem_seg_head.mask_dim",
+    "train.pretrained_model_path": "train.pretrained_model",
+}
+
+
+def _pop(d: dict, dotted: str) -> tuple[bool, Any]:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.get(p) if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            return False, None
+    if isinstance(d, dict) and parts[-1] in d:
+        return True, d.pop(parts[-1])
+    return False, None
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def _tao_compat(raw: dict) -> list[str]:
+    notes = []
+    for old, new in MOVED_KEYS.items():
+        found, value = _pop(raw, old)
+        if found:
+            if value is not None:
+                _set(raw, new, value)
+            notes.append(f"{old} is read as {new}")
+    for key, why in IGNORED_KEYS.items():
+        found, _ = _pop(raw, key)
+        if found:
+            notes.append(f"{key} is accepted for TAO compatibility and ignored: {why}")
+    for note in notes:
+        log.info("spec: %s", note)
+    return notes
+
+
+# ----------------------------------------------------------------------------- loading
+def _fields_at(path: tuple) -> list[str]:
+    model: type[BaseModel] | None = ExperimentSpec
+    for part in path:
+        field = model.model_fields.get(str(part)) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model else []
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    key = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else ""
+        where = ".".join(map(str, loc[:-1])) or "the top level"
+        return f"{key}: unknown key{hint} (valid keys at {where}: {', '.join(valid)})"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {err['msg']}{shown}"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` with the value parsed as YAML (so 1e-3, [1,2] and true work)."""
+    if "=" not in text:
+        raise SpecError([f"override {text!r} must look like key=value, e.g. train.num_epochs=10"])
+    key, _, value = text.partition("=")
+    key = key.strip().lstrip("+")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"override {key}: value {value!r} is not valid YAML ({exc})"]) from exc
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed for c in "eE.") else parsed
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Return a copy of the raw spec dict with dotted overrides applied."""
+    out = copy.deepcopy(raw)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set(out, key, value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a spec file into a dict, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([f"spec file {p} does not exist"], str(p))
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError([f"not valid YAML: {exc}"], str(p)) from exc
+    if not isinstance(raw, dict):
+        raise SpecError(["the top level must be a mapping of sections"], str(p))
+    return raw
+
+
+def build_spec(raw: dict, source: str | None = None) -> ExperimentSpec:
+    """Validate a raw dict into an ExperimentSpec, reporting every problem with its full key path."""
+    raw = copy.deepcopy(raw)
+    _tao_compat(raw)
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError([_describe(e) for e in exc.errors()], source) from None
+
+
+def load_spec(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> ExperimentSpec:
+    """Load a YAML spec (or the defaults), apply `key=value` overrides, and validate it."""
+    raw = read_yaml(path) if path else {}
+    return build_spec(apply_overrides(raw, overrides), str(path) if path else None)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested dict (MLflow params, printing)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_spec(spec: ExperimentSpec) -> str:
+    """The resolved spec as YAML."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,114 @@
+"""The LightningModule: HF OneFormer losses for training, semantic mIoU for validation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from oneformer.checkpoint import META_KEY
+from oneformer.data.labelmap import LabelMap
+from oneformer.evaluation.metrics import ConfusionMatrix
+from oneformer.model import Network, build_network, is_backbone_param, set_training_mode
+from oneformer.postprocess import semantic, to_image_size
+from oneformer.spec import ExperimentSpec
+
+
+class SegmentationModule(pl.LightningModule):
+    """Wraps the network; checkpoints carry its config, label map and spec so they stand alone."""
+
+    def __init__(self, spec: ExperimentSpec, config, labels: LabelMap) -> None:  # noqa: ANN001
+        super().__init__()
+        self.spec, self.labels = spec, labels
+        self.net: Network = build_network(config)
+        self.confusion = ConfusionMatrix(labels.num_classes, spec.dataset.ignore_value)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.net(
+            pixel_values=batch["pixel_values"],
+            task_inputs=batch["task_inputs"],
+            text_inputs=batch["text_inputs"],
+            mask_labels=batch["mask_labels"],
+            class_labels=batch["class_labels"],
+            pixel_mask=batch["pixel_mask"],
+        )
+        self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch["class_labels"]))
+        return out.loss
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_model_eval(self) -> None:
+        set_training_mode(self.net, False)
+
+    def on_validation_model_train(self) -> None:
+        set_training_mode(self.net, True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.confusion = ConfusionMatrix(self.labels.num_classes, self.spec.dataset.ignore_value)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.net(
+            pixel_values=batch["pixel_values"],
+            task_inputs=batch["task_inputs"],
+            mask_labels=batch["mask_labels"],
+            class_labels=batch["class_labels"],
+        )
+        self.log("val_loss", out.loss, batch_size=len(batch["class_labels"]))
+        input_hw = tuple(batch["pixel_values"].shape[-2:])
+        for i in range(len(batch["index"])):
+            masks = to_image_size(out.masks_queries_logits[i].cpu(), input_hw, batch["valid_hw"][i],
+                                  batch["orig_hw"][i])
+            self.confusion.update(semantic(out.class_queries_logits[i].cpu(), masks), batch["semantic"][i].numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        mat = torch.as_tensor(self.confusion.mat, device=self.device)
+        if self.trainer.world_size > 1:
+            mat = self.all_gather(mat).sum(0)
+        self.confusion.mat = mat.cpu().numpy()
+        self.log("mIoU", self.confusion.summary()["mIoU"], prog_bar=True, sync_dist=False)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's return shape
+        opt = self.spec.train.optim
+        groups = [{"params": [], "lr": opt.lr * opt.backbone_multiplier}, {"params": [], "lr": opt.lr}]
+        for name, p in self.net.named_parameters():
+            if p.requires_grad:
+                groups[0 if is_backbone_param(name) else 1]["params"].append(p)
+        groups = [g for g in groups if g["params"]]
+        if opt.type == "SGD":
+            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.momentum, 0.999),
+                                          weight_decay=opt.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = self.spec.train.num_epochs
+        per_epoch = max(total // max(epochs, 1), 1)
+        warm = opt.warmup_epochs * per_epoch
+
+        def factor(step: int) -> float:
+            warm_f = min(1.0, (step + 1) / warm) if warm else 1.0
+            epoch = step // per_epoch
+            if opt.lr_scheduler == "MultiStep":
+                return warm_f * opt.gamma ** sum(epoch >= m for m in opt.milestones)
+            if opt.lr_scheduler == "StepLR":
+                return warm_f * opt.gamma ** (epoch // opt.step_size)
+            if opt.lr_scheduler == "Poly":
+                return warm_f * max(1 - step / total, 0.0) ** 0.9
+            if opt.lr_scheduler == "Cosine":
+                return warm_f * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+            return warm_f
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint content
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[META_KEY] = {
+            "hf_config": json.loads(self.net.config.to_json_string()),
+            "label_map": self.labels.to_list(),
+            "contiguous_id": self.labels.contiguous,
+            "spec": self.spec.model_dump(mode="json"),
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
+        }

@@ -1,0 +1,106 @@
+"""The train action: data, model, Lightning trainer, automatic resume, TAO's results layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from oneformer.checkpoint import LATEST, best_entry, read_index
+from oneformer.data.datasets import SegmentationDataModule, read_labels
+from oneformer.model import freeze, hf_config, load_backbone, load_pretrained, num_text
+from oneformer.spec import ExperimentSpec, TrainConfig
+from oneformer.status import StatusWriter
+from oneformer.tokenizer import TextTable
+from oneformer.training.callbacks import EpochCheckpoint, StatusCallback
+from oneformer.training.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+def devices(cfg: TrainConfig) -> tuple[str, int | list[int]]:
+    """Accelerator and devices; TAO's rule: when num_gpus and gpu_ids disagree, the larger wins."""
+    if cfg.num_gpus == 0 or not torch.cuda.is_available():
+        if cfg.num_gpus > 0:
+            log.warning("no CUDA device: training on CPU (train.num_gpus=%d ignored)", cfg.num_gpus)
+        return "cpu", 1
+    if len(cfg.gpu_ids) >= cfg.num_gpus:
+        return "gpu", list(cfg.gpu_ids)
+    return "gpu", cfg.num_gpus
+
+
+def resume_path(spec: ExperimentSpec, train_dir: Path) -> str | None:
+    """train.resume_training_checkpoint_path, else <train dir>/oneformer_model_latest.pth if present."""
+    explicit = spec.train.resume_training_checkpoint_path
+    if explicit:
+        return explicit
+    latest = train_dir / LATEST
+    if latest.exists():
+        log.info("resuming from %s", latest.resolve())
+        return str(latest.resolve())
+    return None
+
+
+def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Callback] | None = None,
+                  logger: pl.loggers.Logger | bool = False, max_epochs: int | None = None) -> pl.Trainer:
+    """A Lightning Trainer configured from the spec (devices, DDP, precision, clipping, intervals)."""
+    cfg = spec.train
+    accelerator, devs = devices(cfg)
+    many = (len(devs) if isinstance(devs, list) else devs) > 1 or cfg.num_nodes > 1
+    strategy: str | pl.strategies.Strategy = "auto"
+    if many:
+        strategy = pl.strategies.DDPStrategy(find_unused_parameters=True, gradient_as_bucket_view=True)
+    status = StatusWriter(train_dir)
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devs,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        sync_batchnorm=many,
+        precision=cfg.precision,
+        max_epochs=max_epochs or cfg.num_epochs,
+        limit_train_batches=cfg.iters_per_epoch or 1.0,
+        check_val_every_n_epoch=cfg.validation_interval,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.clip_grad_norm or None,
+        gradient_clip_algorithm="value" if cfg.clip_grad_type == "value" else "norm",
+        callbacks=[EpochCheckpoint(train_dir, cfg.checkpoint_interval), StatusCallback(status), *(callbacks or [])],
+        logger=logger,
+        enable_checkpointing=False,
+        default_root_dir=str(train_dir),
+        log_every_n_steps=1,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+
+
+def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
+          logger: pl.loggers.Logger | bool = False) -> dict:
+    """Train (or resume) and return the train folder, the best checkpoint entry and the index."""
+    train_dir = spec.action_dir("train")
+    train_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    labels = read_labels(spec)
+    config = hf_config(spec.model, labels.names)
+    text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)
+    data = SegmentationDataModule(spec, labels, text, num_text(config))
+    module = SegmentationModule(spec, config, labels)
+    if spec.train.pretrained_model:
+        load_pretrained(module.net, spec.train.pretrained_model)
+    if spec.train.pretrained_backbone:
+        load_backbone(module.net, spec.train.pretrained_backbone)
+    if spec.train.freeze:
+        log.info("froze %d parameter tensors", freeze(module.net, spec.train.freeze))
+    if spec.train.activation_checkpoint:
+        if module.net.supports_gradient_checkpointing:
+            module.net.gradient_checkpointing_enable()
+        else:
+            log.warning("train.activation_checkpoint: this network does not support it; ignored")
+    trainer = build_trainer(spec, train_dir, callbacks, logger)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(spec, train_dir))
+    entries = read_index(train_dir)
+    return {"train_dir": str(train_dir), "best": best_entry(entries), "checkpoints": entries}
