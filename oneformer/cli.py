@@ -1,0 +1,116 @@
+"""TAO-style command line: `oneformer <action> -e SPEC [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from oneformer.errors import OneFormerError, SpecError
+from oneformer.spec import ACTIONS, dump_spec, load_spec
+
+log = logging.getLogger("oneformer")
+
+ISSUE_3 = "is not available in this version (ONNX export, INT8 and TensorRT come with the deployable-artifacts work)"
+
+
+def _action(name: str) -> Callable:
+    if name == "train":
+        from oneformer.training.train import train
+
+        return train
+    if name == "evaluate":
+        from oneformer.evaluation.evaluate import evaluate
+
+        return evaluate
+    if name == "inference":
+        from oneformer.inference import infer
+
+        return infer
+
+    def unavailable(spec: object) -> None:
+        raise OneFormerError(f"oneformer {name} {ISSUE_3}")
+
+    return unavailable
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="oneformer", description="OneFormer universal segmentation, TAO-compatible.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ACTIONS:
+        a = sub.add_parser(name, help=f"run the {name} action")
+        a.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
+        a.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_epochs=10")
+    d = sub.add_parser("default_specs", help="write a commented spec template per action")
+    d.add_argument("--action", action="append", choices=ACTIONS, help="action(s); all when omitted")
+    d.add_argument("-o", "--output", help="folder (default: <results_dir>/default_specs)")
+    d.add_argument("overrides", nargs="*", help="results_dir=... (TAO style)")
+    c = sub.add_parser("check", help="validate a spec and the data paths an action needs")
+    c.add_argument("-e", "--experiment_spec", required=True)
+    c.add_argument("--action", required=True, choices=ACTIONS)
+    c.add_argument("overrides", nargs="*")
+    s = sub.add_parser("synth", help="generate the synthetic demo dataset in TAO's bucket layout")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train", type=int, default=64)
+    s.add_argument("--val", type=int, default=16)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    j = sub.add_parser("schema", help="write specs/schemas/<action>.schema.json")
+    j.add_argument("-o", "--output", default="specs/schemas")
+    return p
+
+
+def run(argv: list[str]) -> int:
+    """Parse and dispatch; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command in ACTIONS:
+        spec = load_spec(args.experiment_spec, args.overrides)
+        result = _action(args.command)(spec)
+        if result:
+            print(json.dumps(result, indent=1, default=str))
+        return 0
+    if args.command == "default_specs":
+        from oneformer.templates import write_templates
+
+        results_dir = dict(o.split("=", 1) for o in args.overrides if o.startswith("results_dir=")).get("results_dir")
+        out = args.output or os.path.join(results_dir or "/results", "default_specs")
+        for path in write_templates(out, args.action or list(ACTIONS), results_dir):
+            print(path)
+        return 0
+    if args.command == "check":
+        from oneformer.check import check
+
+        spec = load_spec(args.experiment_spec, args.overrides)
+        print(dump_spec(spec))
+        problems = check(spec, args.action)
+        if problems:
+            raise SpecError(problems, f"{args.experiment_spec} for {args.action}")
+        print(f"spec and data for {args.action}: OK")
+        return 0
+    if args.command == "synth":
+        from oneformer.data.synth import generate
+
+        print(generate(args.out, args.train, args.val, args.size, args.seed))
+        return 0
+    from oneformer.templates import write_schemas
+
+    for path in write_schemas(args.output):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: clean one-paragraph errors for user mistakes, tracebacks only for bugs."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(run(sys.argv[1:] if argv is None else argv))
+    except OneFormerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
