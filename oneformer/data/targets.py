@@ -45,7 +45,7 @@ def build_targets(
     for s in segs:
         if task == "semantic" or (task == "panoptic" and not s.isthing):
             groups.setdefault(("class", s.cls), []).append(s.id)
-        elif not s.iscrowd:
+        elif s.isthing and not s.iscrowd:
             groups[("seg", s.id)] = [s.id]
     if not groups:
         h, w = ids.shape

@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated staging cache, the synthetic dataset, and one trained smoke model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("ONEFORMER_CACHE", tempfile.mkdtemp(prefix="oneformer-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+LEARN_EPOCHS = 24
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip cleanly without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic dataset in TAO's bucket layout; returns its spec.yaml."""
+    from oneformer.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth"), train=64, val=16, size=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny dataset for fast unit tests."""
+    from oneformer.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("small"), train=6, val=4, size=64, seed=1, inference=2, calibration=2)
+
+
+@pytest.fixture(scope="session")
+def trained(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The smoke model trained on the synthetic data (shared by the slow tests)."""
+    from oneformer.spec import load_spec
+    from oneformer.training.train import train
+
+    results = tmp_path_factory.mktemp("results")
+    spec = load_spec(synth, [f"results_dir={results}", f"train.num_epochs={LEARN_EPOCHS}"])
+    return {"spec_path": synth, "results": results, **train(spec)}

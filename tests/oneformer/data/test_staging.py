@@ -1,0 +1,94 @@
+"""Staging: archives extracted once and safely, wrapper folders unwrapped, S3 over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from oneformer.data.staging import stage
+from oneformer.errors import DataError
+
+
+def _tar(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            t.addfile(info)
+    return path
+
+
+def test_archive_extracted_once_and_unwrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    arc = _tar(tmp_path / "images.tar.gz", {"images/a.jpg": b"x", "images/b.jpg": b"y"})
+    first = stage(arc)
+    assert sorted(p.name for p in first.iterdir()) == ["a.jpg", "b.jpg"]
+    (first / "marker").write_text("kept")
+    again = stage(arc)
+    assert again == first and (again / "marker").exists()  # reused, not re-extracted
+
+
+def test_member_escaping_target_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    arc = _tar(tmp_path / "bad.tar.gz", {"../escape.txt": b"evil"})
+    with pytest.raises(DataError, match="cannot extract"):
+        stage(arc)
+    assert not (tmp_path / "escape.txt").exists()
+    assert not list((tmp_path / "cache" / "staging").glob("*/.complete"))
+
+
+def test_absolute_member_lands_inside_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    staged = stage(_tar(tmp_path / "abs.tar.gz", {"/abs/escape.txt": b"x", "/abs/other.txt": b"y"}))
+    assert staged.resolve().is_relative_to((tmp_path / "cache").resolve())
+    assert (staged / "escape.txt").exists() and not Path("/abs/escape.txt").exists()
+
+
+def test_link_out_of_target_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    arc = _tar(tmp_path / "link.tar.gz", {"ok.txt": b"x"}, link=("out", "/etc/passwd"))
+    with pytest.raises(DataError, match="cannot extract"):
+        stage(arc)
+
+
+def test_missing_local_path_names_key(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset.train.images: .*nothing.tar.gz does not exist"):
+        stage(tmp_path / "nothing.tar.gz", "dataset.train.images")
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+    client.create_bucket(Bucket="data")
+    yield client
+    server.stop()
+
+
+def test_s3_archive_staged_and_reused_until_changed(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    arc = _tar(tmp_path / "images.tar.gz", {"images/a.jpg": b"x"})
+    s3.upload_file(str(arc), "data", "train/images.tar.gz")
+    first = stage("s3://data/train/images.tar.gz")
+    assert (first / "a.jpg").read_bytes() == b"x"
+    assert stage("s3://data/train/images.tar.gz") == first
+    s3.upload_file(str(_tar(tmp_path / "v2.tar.gz", {"images/a.jpg": b"changed"})), "data", "train/images.tar.gz")
+    assert (stage("s3://data/train/images.tar.gz") / "a.jpg").read_bytes() == b"changed"
+    with pytest.raises(DataError, match="s3://data/train/missing.json does not exist"):
+        stage("s3://data/train/missing.json")
