@@ -63,7 +63,7 @@ def eval_size(h: int, w: int, cfg: AugmentationConfig) -> tuple[int, int]:
 
 def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 HWC RGB -> float CHW normalized with the spec's pixel mean/std (0-255 scale)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    t = torch.as_tensor(np.array(image, dtype=np.float32)).permute(2, 0, 1)
     return (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 

@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from oneformer.checkpoint import resolve
 from oneformer.data.datasets import read_labels
 from oneformer.data.readers import load_target, read_image, read_split
