@@ -55,9 +55,9 @@ def main() -> None:
     # Bare loop: the same model, optimizer and batches, nothing else.
     pl.seed_everything(0, verbose=False)
     module = SegmentationModule(spec, config, labels)
-    batches = list(iter(torch.utils.data.DataLoader(
-        data.train_dataloader().dataset, batch_size=spec.dataset.train.batch_size, collate_fn=data.train_dataloader().collate_fn,
-        shuffle=True)))[: args.steps]
+    loader = data.train_dataloader()
+    batches = list(torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
+                                               collate_fn=loader.collate_fn, shuffle=True))[: args.steps]
     opt = torch.optim.AdamW(module.net.parameters(), lr=spec.train.optim.lr)
     module.net.train()
 
