@@ -477,7 +477,7 @@ def _fields_at(path: tuple) -> list[str]:
 
 
 def _describe(err: dict) -> str:
-    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])

@@ -11,6 +11,7 @@ from oneformer.checkpoint import resolve
 from oneformer.data.datasets import read_labels
 from oneformer.data.readers import load_target, read_image, read_split
 from oneformer.data.transforms import eval_size
+from oneformer.errors import DataError
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.scorer import Scorer
 from oneformer.postprocess import instance, panoptic, semantic, to_image_size
@@ -27,8 +28,6 @@ def eval_split(spec: ExperimentSpec) -> tuple[str, object]:
         return "dataset.test", spec.dataset.test
     if spec.dataset.val.annotations:
         return "dataset.val", spec.dataset.val
-    from oneformer.errors import DataError
-
     raise DataError("evaluate needs dataset.test (or dataset.val) images and annotations")
 
 

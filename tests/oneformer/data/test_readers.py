@@ -54,24 +54,30 @@ def test_category_id_zero_rejected(tmp_path: Path) -> None:
         LabelMap.read(tmp_path / "lm.json")
 
 
-def test_unknown_category_in_annotations(small_synth: Path, tmp_path: Path) -> None:
-    train = _copy_train(small_synth.parent, tmp_path)
+def _read_edited(root: Path, tmp: Path, edit) -> None:  # noqa: ANN001
+    """Copy the train split, apply `edit` to its annotations, and read it."""
+    train = _copy_train(root, tmp)
     data = json.loads((train / "annotations.json").read_text())
-    data["annotations"][0]["segments_info"][0]["category_id"] = 42
+    edit(data)
     (train / "annotations.json").write_text(json.dumps(data))
+    read_split(str(train / "annotations.json"), str(train / "images.tar.gz"),
+               str(train / "images_panoptic.tar.gz"), "auto", labels(root), "dataset.train")
+
+
+def test_unknown_category_in_annotations(small_synth: Path, tmp_path: Path) -> None:
+    def edit(data: dict) -> None:
+        data["annotations"][0]["segments_info"][0]["category_id"] = 42
+
     with pytest.raises(DataError, match="category id 42 is not in the label map"):
-        read_split(str(train / "annotations.json"), str(train / "images.tar.gz"),
-                   str(train / "images_panoptic.tar.gz"), "auto", labels(small_synth.parent), "dataset.train")
+        _read_edited(small_synth.parent, tmp_path, edit)
 
 
 def test_missing_image_named(small_synth: Path, tmp_path: Path) -> None:
-    train = _copy_train(small_synth.parent, tmp_path)
-    data = json.loads((train / "annotations.json").read_text())
-    data["images"][1]["file_name"] = "nowhere.jpg"
-    (train / "annotations.json").write_text(json.dumps(data))
+    def edit(data: dict) -> None:
+        data["images"][1]["file_name"] = "nowhere.jpg"
+
     with pytest.raises(DataError, match="missing file .*nowhere.jpg"):
-        read_split(str(train / "annotations.json"), str(train / "images.tar.gz"),
-                   str(train / "images_panoptic.tar.gz"), "auto", labels(small_synth.parent), "dataset.train")
+        _read_edited(small_synth.parent, tmp_path, edit)
 
 
 def test_image_folder_one_level_too_high_is_resolved(small_synth: Path, tmp_path: Path) -> None:
