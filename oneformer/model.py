@@ -11,6 +11,7 @@ from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, Swi
 
 from oneformer.errors import CheckpointError
 from oneformer.spec import ModelConfig
+from oneformer.swin_weights import from_original
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def load_pretrained(net: Network, source: str) -> None:
 
 
 def load_backbone(net: Network, source: str) -> None:
-    """Initialize the Swin backbone from a transformers Swin folder/id or a state-dict file."""
+    """Initialize the Swin backbone from a transformers Swin folder/id or a state-dict file (either naming)."""
     backbone = net.model.pixel_level_module.encoder
     path = Path(source)
     if path.is_file():
@@ -138,11 +139,22 @@ def load_backbone(net: Network, source: str) -> None:
     else:
         from transformers import SwinModel
 
-        state = SwinModel.from_pretrained(source).state_dict()
+        try:
+            state = SwinModel.from_pretrained(source).state_dict()
+        except OSError as exc:
+            raise CheckpointError(
+                f"train.pretrained_backbone {source!r}: not a file, a transformers Swin folder, "
+                f"or a reachable hub id ({exc})"
+            ) from exc
     own = backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    renamed = from_original(state)
+    usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise CheckpointError(f"train.pretrained_backbone {source}: no tensor matches the Swin backbone")
+    mismatched = sorted(k for k in renamed if k in own and k not in usable)
+    if mismatched:
+        log.warning("pretrained backbone %s: %d tensors differ in shape (e.g. %s)", source, len(mismatched),
+                    mismatched[0])
     backbone.load_state_dict(usable, strict=False)
     log.info("pretrained backbone %s: loaded %d of %d tensors", source, len(usable), len(own))
 

@@ -30,7 +30,7 @@ class EpochCheckpoint(pl.Callback):
         if (epoch + 1) % self.interval and not last:
             return
         path = self.dir / NAME.format(epoch=epoch, step=trainer.global_step)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # optimizer and loop state too, for resuming
         if trainer.is_global_zero:
             link = self.dir / LATEST
             tmp = link.with_name(LATEST + ".tmp")

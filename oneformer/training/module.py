@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytorch_lightning as pl
 import torch
@@ -11,9 +10,10 @@ import torch
 from oneformer.checkpoint import META_KEY
 from oneformer.data.labelmap import LabelMap
 from oneformer.evaluation.metrics import ConfusionMatrix
-from oneformer.model import Network, build_network, is_backbone_param, set_training_mode
+from oneformer.model import Network, build_network, set_training_mode
 from oneformer.postprocess import semantic, to_image_size
 from oneformer.spec import ExperimentSpec
+from oneformer.training.optim import build_optimizer, build_schedule
 
 
 class SegmentationModule(pl.LightningModule):
@@ -72,36 +72,10 @@ class SegmentationModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's return shape
         opt = self.spec.train.optim
-        groups = [{"params": [], "lr": opt.lr * opt.backbone_multiplier}, {"params": [], "lr": opt.lr}]
-        for name, p in self.net.named_parameters():
-            if p.requires_grad:
-                groups[0 if is_backbone_param(name) else 1]["params"].append(p)
-        groups = [g for g in groups if g["params"]]
-        if opt.type == "SGD":
-            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.momentum, 0.999),
-                                          weight_decay=opt.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = self.spec.train.num_epochs
-        per_epoch = max(total // max(epochs, 1), 1)
-        warm = opt.warmup_epochs * per_epoch
-
-        def factor(step: int) -> float:
-            warm_f = min(1.0, (step + 1) / warm) if warm else 1.0
-            epoch = step // per_epoch
-            if opt.lr_scheduler == "MultiStep":
-                return warm_f * opt.gamma ** sum(epoch >= m for m in opt.milestones)
-            if opt.lr_scheduler == "StepLR":
-                return warm_f * opt.gamma ** (epoch // opt.step_size)
-            if opt.lr_scheduler == "Poly":
-                return warm_f * max(1 - step / total, 0.0) ** 0.9
-            if opt.lr_scheduler == "Cosine":
-                return warm_f * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
-            return warm_f
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(self.net, opt)
+        schedule = build_schedule(optimizer, opt, int(self.trainer.estimated_stepping_batches),
+                                  self.spec.train.num_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoint content
     def on_save_checkpoint(self, checkpoint: dict) -> None:
