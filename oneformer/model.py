@@ -105,6 +105,15 @@ def build_network(config: OneFormerConfig) -> Network:
     return OneFormerForUniversalSegmentation(config)
 
 
+def hf_state(cls: type, source: str, key: str) -> dict[str, torch.Tensor]:
+    """The state dict of a transformers folder or hub id, or a clear error naming the spec key."""
+    try:
+        return cls.from_pretrained(source).state_dict()
+    except OSError as exc:
+        raise CheckpointError(f"{key} {source!r}: not a weights file, a transformers folder, "
+                              f"or a reachable hub id ({exc})") from exc
+
+
 def load_pretrained(net: Network, source: str) -> None:
     """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only)."""
     path = Path(source)
@@ -113,13 +122,7 @@ def load_pretrained(net: Network, source: str) -> None:
 
         state = read_checkpoint(path).state_dict
     else:
-        try:
-            state = OneFormerForUniversalSegmentation.from_pretrained(source).state_dict()
-        except OSError as exc:
-            raise CheckpointError(
-                f"train.pretrained_model {source!r}: not a checkpoint file, a transformers folder, "
-                f"or a reachable hub id ({exc})"
-            ) from exc
+        state = hf_state(OneFormerForUniversalSegmentation, source, "train.pretrained_model")
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = [k for k in state if k not in usable]
@@ -139,13 +142,7 @@ def load_backbone(net: Network, source: str) -> None:
     else:
         from transformers import SwinModel
 
-        try:
-            state = SwinModel.from_pretrained(source).state_dict()
-        except OSError as exc:
-            raise CheckpointError(
-                f"train.pretrained_backbone {source!r}: not a file, a transformers Swin folder, "
-                f"or a reachable hub id ({exc})"
-            ) from exc
+        state = hf_state(SwinModel, source, "train.pretrained_backbone")
     own = backbone.state_dict()
     renamed = from_original(state)
     usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
