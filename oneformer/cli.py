@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -14,27 +15,20 @@ from oneformer.spec import ACTIONS, dump_spec, load_spec
 
 log = logging.getLogger("oneformer")
 
-ISSUE_3 = "is not available in this version (ONNX export, INT8 and TensorRT come with the deployable-artifacts work)"
+# Each action's entry point, imported only when that action runs (torch/onnx imports are slow).
+ENTRY_POINTS = {
+    "train": "oneformer.training.train:train",
+    "evaluate": "oneformer.evaluation.evaluate:evaluate",
+    "inference": "oneformer.inference:infer",
+    "export": "oneformer.export:export",
+    "quantize": "oneformer.quantize:quantize",
+    "gen_trt_engine": "oneformer.tensorrt:gen_trt_engine",
+}
 
 
 def _action(name: str) -> Callable:
-    if name == "train":
-        from oneformer.training.train import train
-
-        return train
-    if name == "evaluate":
-        from oneformer.evaluation.evaluate import evaluate
-
-        return evaluate
-    if name == "inference":
-        from oneformer.inference import infer
-
-        return infer
-
-    def unavailable(spec: object) -> None:
-        raise OneFormerError(f"oneformer {name} {ISSUE_3}")
-
-    return unavailable
+    module, func = ENTRY_POINTS[name].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,3 +22,7 @@ class DataError(OneFormerError):
 
 class CheckpointError(OneFormerError):
     """A checkpoint cannot be found, resolved or loaded."""
+
+
+class ConversionError(OneFormerError):
+    """An export, quantization or engine build failed or did not match its source closely enough."""

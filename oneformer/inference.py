@@ -13,8 +13,8 @@ from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
 from oneformer.errors import DataError
 from oneformer.evaluation import formats
-from oneformer.postprocess import colorize, instance, panoptic, semantic, to_image_size
-from oneformer.runtime import open_predictor, prepare
+from oneformer.postprocess import colorize, instance, panoptic
+from oneformer.runtime import network_size, open_predictor, prepare
 from oneformer.spec import ExperimentSpec
 from oneformer.status import StatusWriter
 
@@ -44,29 +44,30 @@ def infer(spec: ExperimentSpec) -> dict:
     status = StatusWriter(out_dir)
     status.write("STARTED", f"Inference on {len(images)} images")
     palette, thing, test = labels.palette, labels.thing_mask, spec.model.test
-    size = (cfg.image_size[0], cfg.image_size[-1])
+    size = network_size(predictor, (cfg.image_size[0], cfg.image_size[-1]))
+    if size != (cfg.image_size[0], cfg.image_size[-1]):
+        log.info("inference: %s takes %dx%d inputs (inference.image_size ignored)", model_path, *size)
     pan_entries, inst_entries, segments = [], [], {}
     (out_dir / "overlays").mkdir(exist_ok=True)
     for n, path in enumerate(images, start=1):
         image = read_image(path)
-        prep = prepare(image, size, predictor.mean, predictor.std, spec.model.one_former.size_divisibility)
-        cls, masks = predictor(prep.pixels, cfg.mode)
-        cls, masks = cls[0], to_image_size(masks[0], tuple(prep.pixels.shape[-2:]), prep.valid_hw, prep.orig_hw)
+        prep = prepare(image, size, predictor.info.mean, predictor.info.std, predictor.info.size_divisibility)
+        out = predictor(prep.pixels, cfg.mode)
         stem = path.stem
         if cfg.mode == "semantic":
-            label = semantic(cls, masks)
+            label = out.semantic(0, prep)
             formats.write_semantic(out_dir, stem, label, labels)
             present = np.unique(label)
             segments[stem] = [{"category": labels.names[c], "area": int((label == c).sum())} for c in present]
         elif cfg.mode == "panoptic":
-            pred = panoptic(cls, masks, thing, test.object_mask_threshold, test.overlap_threshold)
+            pred = panoptic(*out.logits(0, prep), thing, test.object_mask_threshold, test.overlap_threshold)
             pan_entries.append(formats.panoptic_entry(out_dir, stem, pred, labels))
             label = np.full(pred.ids.shape, -1, dtype=np.int64)
             for s in pred.segments:
                 label[pred.ids == s["id"]] = s["category"]
             segments[stem] = [{**s, "category": labels.names[s["category"]]} for s in pred.segments]
         else:
-            preds = instance(cls, masks, thing, test.test_topk_per_image)
+            preds = instance(*out.logits(0, prep), thing, test.test_topk_per_image)
             inst_entries += formats.instance_entries(stem, preds, labels)  # all top-k, as COCO results are
             preds = [p for p in preds if p.score >= test.object_mask_threshold]  # confident ones are drawn
             label, _ = _instance_labels(preds, prep.orig_hw)

@@ -26,9 +26,10 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> to
     return torch.einsum("...qc,...qhw->...chw", probs, mask_logits.float().sigmoid())
 
 
-def semantic(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> np.ndarray:
-    """Label map [H, W] (int32) from one image's logits at the output size."""
-    return semantic_scores(class_logits, mask_logits).argmax(0).to(torch.int32).numpy()
+def semantic(scores: torch.Tensor, input_hw: tuple[int, int], valid_hw: tuple[int, int],
+             out_hw: tuple[int, int]) -> np.ndarray:
+    """Label map [H0, W0] (int32): per-class scores brought to the image size like mask logits, then argmax."""
+    return to_image_size(scores, input_hw, valid_hw, out_hw).argmax(0).to(torch.int32).numpy()
 
 
 @dataclass

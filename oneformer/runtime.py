@@ -1,18 +1,26 @@
-"""One predictor interface: preprocessing shared by every backend, logits out, post-processing elsewhere."""
+"""One predictor interface over PyTorch, ONNX Runtime and TensorRT: same preprocessing, same outputs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from oneformer.checkpoint import load_network, read_checkpoint
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.transforms import normalize, pad_divisible, resize_pair
+from oneformer.errors import CheckpointError, OneFormerError
+from oneformer.postprocess import semantic, semantic_scores, to_image_size
 from oneformer.tokenizer import TextTable
+
+META_KEY = "oneformer"  # ONNX metadata_props key / engine sidecar holding ModelInfo as JSON
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
 
 
 @dataclass
@@ -24,14 +32,69 @@ class Prepared:
     orig_hw: tuple[int, int]
 
 
+@dataclass
+class ModelInfo:
+    """What a deployed model file must carry so that no checkpoint or training data is needed to use it."""
+
+    task: str | None  # the task fixed in the graph; None for a checkpoint (any task)
+    output: str  # "logits" (class + mask logits), "scores" (semantic per-class), "labels" (label map)
+    input_size: list[int] | None  # [H, W] fixed in the graph; None for a checkpoint
+    mean: list[float] = field(default_factory=lambda: list(MEAN))
+    std: list[float] = field(default_factory=lambda: list(STD))
+    label_map: list[dict] = field(default_factory=list)
+    contiguous_id: bool = True
+    size_divisibility: int = 32
+    source: str = ""
+    source_sha256: str = ""
+    precision: str = "fp32"
+
+    def to_json(self) -> str:
+        """Serialized for ONNX metadata and engine sidecars."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ModelInfo:
+        """Parsed back, with an error naming the file when it is not ours."""
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: model metadata is unreadable ({exc}); re-export the model") from exc
+
+
+@dataclass
+class Outputs:
+    """Network outputs for a batch: class + mask logits, or semantic scores, or a label map."""
+
+    class_logits: torch.Tensor | None = None  # [B, Q, C+1]
+    mask_logits: torch.Tensor | None = None  # [B, Q, h, w]
+    scores: torch.Tensor | None = None  # [B, C, h, w]
+    labels: torch.Tensor | None = None  # [B, H, W] at the input size
+
+    def logits(self, i: int, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image i's class logits and mask logits at its original size (instance / panoptic input)."""
+        if self.class_logits is None or self.mask_logits is None:
+            raise OneFormerError("this model outputs only a semantic map; export with export.task instance/panoptic")
+        masks = to_image_size(self.mask_logits[i], tuple(prep.pixels.shape[-2:]), prep.valid_hw, prep.orig_hw)
+        return self.class_logits[i], masks
+
+    def semantic(self, i: int, prep: Prepared) -> np.ndarray:
+        """Image i's label map [H0, W0] (int32) at its original size."""
+        input_hw = tuple(prep.pixels.shape[-2:])
+        if self.labels is not None:
+            lab = self.labels[i, : prep.valid_hw[0], : prep.valid_hw[1]].float()[None, None]
+            return F.interpolate(lab, size=prep.orig_hw, mode="nearest")[0, 0].to(torch.int32).numpy()
+        scores = self.scores[i] if self.scores is not None else \
+            semantic_scores(self.class_logits[i], self.mask_logits[i])
+        return semantic(scores, input_hw, prep.valid_hw, prep.orig_hw)
+
+
 class Predictor(Protocol):
-    """Anything that maps prepared pixels and a task to (class logits [B,Q,C+1], mask logits [B,Q,h,w])."""
+    """Maps prepared pixels [B,3,H,W] and a task to Outputs."""
 
+    info: ModelInfo
     labels: LabelMap
-    mean: list[float]
-    std: list[float]
 
-    def __call__(self, pixels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs: ...
 
 
 def prepare(image: np.ndarray, size: tuple[int, int], mean: list[float], std: list[float], divisor: int = 32
@@ -42,8 +105,15 @@ def prepare(image: np.ndarray, size: tuple[int, int], mean: list[float], std: li
     return Prepared(pad_divisible(normalize(small, mean, std), divisor)[None], tuple(size), (h0, w0))
 
 
+def check_task(info: ModelInfo, task: str, path: Path) -> None:
+    """A graph answers only the task it was exported for."""
+    if info.task is not None and task != info.task:
+        raise OneFormerError(f"{path} was exported for the {info.task} task, not {task}: export it again with "
+                             f"export.task={task}, or run the checkpoint")
+
+
 class TorchPredictor:
-    """PyTorch eager inference from one of our checkpoints."""
+    """PyTorch eager inference from one of our checkpoints (semantic answered as scores, like exports)."""
 
     def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
         ckpt = read_checkpoint(checkpoint)
@@ -51,20 +121,69 @@ class TorchPredictor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.net = load_network(ckpt).to(self.device)
         self.labels = ckpt.labels
-        data = ckpt.spec.get("dataset", {})
-        self.mean = data.get("pixel_mean", [123.675, 116.28, 103.53])
-        self.std = data.get("pixel_std", [58.395, 57.12, 57.375])
-        self.spec = ckpt.spec
+        data, one = ckpt.spec.get("dataset", {}), ckpt.spec.get("model", {}).get("one_former", {})
+        self.info = ModelInfo(task=None, output="logits", input_size=None, mean=data.get("pixel_mean", MEAN),
+                              std=data.get("pixel_std", STD), label_map=ckpt.label_map,
+                              contiguous_id=ckpt.contiguous_id, size_divisibility=one.get("size_divisibility", 32)
+                              or 32, source=str(self.path))
         cfg = self.net.config
         self.text = TextTable(self.labels.names, cfg.task_seq_len, cfg.text_encoder_context_length)
 
     @torch.no_grad()
-    def __call__(self, pixels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
         tokens = self.text.task_ids[task].expand(len(pixels), -1).to(self.device)
         out = self.net(pixel_values=pixels.to(self.device), task_inputs=tokens)
-        return out.class_queries_logits.float().cpu(), out.masks_queries_logits.float().cpu()
+        cls, masks = out.class_queries_logits.float(), out.masks_queries_logits.float()
+        if task == "semantic":
+            return Outputs(scores=semantic_scores(cls, masks).cpu())
+        return Outputs(class_logits=cls.cpu(), mask_logits=masks.cpu())
+
+
+def outputs_from(names: list[str], arrays: list[np.ndarray]) -> Outputs:
+    """Outputs from a graph's named results (the names export.py gives them)."""
+    values = {n: torch.from_numpy(np.asarray(a)) for n, a in zip(names, arrays)}
+    return Outputs(class_logits=values.get("class_logits"), mask_logits=values.get("mask_logits"),
+                   scores=values.get("scores"), labels=values.get("labels"))
+
+
+class OnnxPredictor:
+    """ONNX Runtime inference (FP32 or INT8 QDQ) of a file written by `oneformer export` / `quantize`."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX file {self.path} does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in meta:
+            raise CheckpointError(f"{self.path} has no oneformer metadata: export it with `oneformer export`")
+        self.info = ModelInfo.from_json(meta[META_KEY], str(self.path))
+        self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, f"{self.path} metadata")
+        self.input = self.session.get_inputs()[0].name
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
+        check_task(self.info, task, self.path)
+        return outputs_from(self.names, self.session.run(None, {self.input: pixels.numpy().astype(np.float32)}))
 
 
 def open_predictor(path: str | Path) -> Predictor:
-    """The predictor for a model file, chosen by its kind."""
+    """The predictor for a model file, chosen by its kind: checkpoint, ONNX file or TensorRT engine."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return OnnxPredictor(path)
+    if suffix in (".engine", ".plan", ".trt"):
+        from oneformer.tensorrt import TensorRTPredictor
+
+        return TensorRTPredictor(path)
     return TorchPredictor(path)
+
+
+def network_size(predictor: Predictor, default: tuple[int, int]) -> tuple[int, int]:
+    """The input size a fixed-size graph demands, else the size the caller chose."""
+    size = predictor.info.input_size
+    return (size[0], size[1]) if size else default

@@ -329,9 +329,12 @@ class ExportConfig(Section):
     input_height: int = Field(640, gt=0)
     batch_size: int = Field(-1, ge=-1)
     task: Task = "semantic"
+    semantic_output: Literal["scores", "labels"] = Field(
+        "scores", description="semantic task: per-class scores [B,C,H/4,W/4] or the label map [B,H,W]")
     overwrite: bool = False
     results_dir: str | None = None
     min_agreement: float = Field(0.99, ge=0, le=1, description="Fail if ONNX/PyTorch label agreement is lower")
+    parity_images: int = Field(8, gt=0, description="Validation images the parity check compares on")
 
 
 class QuantizeConfig(Section):

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from oneformer.checkpoint import resolve
 from oneformer.data.datasets import read_labels
 from oneformer.data.readers import load_target, read_image, read_split
@@ -14,8 +16,8 @@ from oneformer.data.transforms import eval_size
 from oneformer.errors import DataError
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.scorer import Scorer
-from oneformer.postprocess import instance, panoptic, semantic, to_image_size
-from oneformer.runtime import open_predictor, prepare
+from oneformer.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
+from oneformer.runtime import Predictor, network_size, open_predictor, prepare
 from oneformer.spec import ExperimentSpec
 from oneformer.status import StatusWriter
 
@@ -45,24 +47,35 @@ def evaluate(spec: ExperimentSpec) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(out_dir)
     status.write("STARTED", "Evaluation started")
-    what, split = eval_split(spec)
     cfg = spec.evaluate
-    predictor = files = None
     if cfg.predictions:
-        labels = read_labels(spec)
-        files = PredictionFiles(cfg.predictions, labels)
-        source = str(cfg.predictions)
+        files = PredictionFiles(cfg.predictions, read_labels(spec))
+        scorer, source = score(files, spec), str(cfg.predictions)
     else:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
-        predictor = open_predictor(model_path)
-        labels = predictor.labels
-        source = str(model_path)
+        scorer, source = score(open_predictor(model_path), spec), str(model_path)
+    metrics = scorer.result()
+    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
+    status.write("SUCCESS", "Evaluation finished", kpi=metrics)
+    return metrics
+
+
+def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None) -> Scorer:
+    """Score a predictor (any backend) or prediction files on the evaluation split."""
+    what, split = eval_split(spec)
+    labels = model.labels
     records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what)
-    if cfg.max_images:
-        records = records[: cfg.max_images]
+    limit = max_images or spec.evaluate.max_images
+    records = records[:limit] if limit else records
     tasks = model_tasks(spec, records[0].kind)
+    files = model if isinstance(model, PredictionFiles) else None
+    task = None if files is not None else model.info.task
+    if task is not None:
+        if task not in tasks:
+            raise DataError(f"{model.info.source or 'the model'} answers only the {task} task, which {what} "
+                            f"cannot score (it scores {', '.join(tasks)})")
+        tasks = [task]
     scorer = Scorer(labels, spec.dataset.ignore_value)
-    thing, test = labels.thing_mask, spec.model.test
     for n, rec in enumerate(records):
         gt_ids, gt_segs = load_target(rec, labels)
         stem = rec.image.stem
@@ -70,25 +83,28 @@ def evaluate(spec: ExperimentSpec) -> dict:
             sem, pan, inst = files.semantic(stem, spec.dataset.ignore_value), files.panoptic_pred(stem), \
                 files.instance_preds(stem)
         else:
-            image = read_image(rec.image)
-            prep = prepare(image, eval_size(*image.shape[:2], spec.dataset.augmentation), predictor.mean,
-                           predictor.std, spec.model.one_former.size_divisibility)
-            outs = {}
-            for task in tasks:
-                cls, masks = predictor(prep.pixels, task)
-                outs[task] = (cls[0], to_image_size(masks[0], tuple(prep.pixels.shape[-2:]), prep.valid_hw,
-                                                    prep.orig_hw))
-            sem = semantic(*outs["semantic"]) if "semantic" in outs else None
-            pan = panoptic(*outs["panoptic"], thing, test.object_mask_threshold, test.overlap_threshold) \
-                if "panoptic" in outs else None
-            inst = instance(*outs["instance"], thing, test.test_topk_per_image) if "instance" in outs else None
+            sem, pan, inst = predict(model, read_image(rec.image), tasks, spec)
         scorer.add(n + 1, gt_ids, gt_segs, sem, pan, inst)
         if (n + 1) % 10 == 0 or n + 1 == len(records):
             log.info("evaluate: %d/%d images", n + 1, len(records))
-    metrics = scorer.result()
-    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
-    status.write("SUCCESS", "Evaluation finished", kpi=metrics)
-    return metrics
+    return scorer
+
+
+def predict(predictor: Predictor, image: np.ndarray, tasks: list[str], spec: ExperimentSpec
+            ) -> tuple[np.ndarray | None, PanopticPrediction | None, list[InstancePrediction] | None]:
+    """One image through the predictor for each task, post-processed the same way for every backend."""
+    info, test, thing = predictor.info, spec.model.test, predictor.labels.thing_mask
+    size = network_size(predictor, eval_size(*image.shape[:2], spec.dataset.augmentation))
+    prep = prepare(image, size, info.mean, info.std, info.size_divisibility)
+    sem = pan = inst = None
+    if "semantic" in tasks:
+        sem = predictor(prep.pixels, "semantic").semantic(0, prep)
+    if "panoptic" in tasks:
+        pan = panoptic(*predictor(prep.pixels, "panoptic").logits(0, prep), thing, test.object_mask_threshold,
+                       test.overlap_threshold)
+    if "instance" in tasks:
+        inst = instance(*predictor(prep.pixels, "instance").logits(0, prep), thing, test.test_topk_per_image)
+    return sem, pan, inst
 
 
 def write_results(out_dir: Path, metrics: dict, per_class: list[dict], source: str, per_class_log: bool) -> None:

@@ -11,7 +11,7 @@ from oneformer.checkpoint import META_KEY
 from oneformer.data.labelmap import LabelMap
 from oneformer.evaluation.metrics import ConfusionMatrix
 from oneformer.model import Network, build_network, set_training_mode
-from oneformer.postprocess import semantic, to_image_size
+from oneformer.postprocess import semantic, semantic_scores
 from oneformer.spec import ExperimentSpec
 from oneformer.training.optim import build_optimizer, build_schedule
 
@@ -57,10 +57,10 @@ class SegmentationModule(pl.LightningModule):
         )
         self.log("val_loss", out.loss, batch_size=len(batch["class_labels"]))
         input_hw = tuple(batch["pixel_values"].shape[-2:])
-        for i in range(len(batch["index"])):
-            masks = to_image_size(out.masks_queries_logits[i].cpu(), input_hw, batch["valid_hw"][i],
-                                  batch["orig_hw"][i])
-            self.confusion.update(semantic(out.class_queries_logits[i].cpu(), masks), batch["semantic"][i].numpy())
+        for i in range(len(batch["index"])):  # the same semantic path as evaluate and every exported model
+            scores = semantic_scores(out.class_queries_logits[i], out.masks_queries_logits[i]).cpu()
+            label = semantic(scores, input_hw, batch["valid_hw"][i], batch["orig_hw"][i])
+            self.confusion.update(label, batch["semantic"][i].numpy())
 
     def on_validation_epoch_end(self) -> None:
         mat = torch.as_tensor(self.confusion.mat, device=self.device)

@@ -73,9 +73,10 @@ def test_committed_schemas_are_current(tmp_path: Path) -> None:
     assert lr == {"min": 1e-6, "max": 1e-2, "scale": "log", "default": 1e-4}
 
 
-def test_export_is_reported_unavailable(small_synth: Path) -> None:
-    res = oneformer("export", "-e", str(small_synth))
-    assert res.returncode == 2 and "not available" in res.stderr
+def test_export_without_a_checkpoint_says_what_to_do(small_synth: Path, tmp_path: Path) -> None:
+    res = oneformer("export", "-e", str(small_synth), f"results_dir={tmp_path}")
+    assert res.returncode == 2 and "export.checkpoint=best: no checkpoints.json" in res.stderr
+    assert "train first" in res.stderr and not list(tmp_path.rglob("*.onnx"))
 
 
 @pytest.mark.parametrize("action", ["inference"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from oneformer.postprocess import instance, panoptic, semantic, to_image_size
+from oneformer.postprocess import instance, panoptic, semantic, semantic_scores, to_image_size
 
 BIG = 10.0
 
@@ -23,7 +23,7 @@ def _logits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_semantic_argmax_of_weighted_masks() -> None:
-    label = semantic(*_logits())
+    label = semantic(semantic_scores(*_logits()), (8, 8), (8, 8), (8, 8))
     assert (label[:, :4] == 0).all() and (label[:, 4:] == 1).all()
 
 

@@ -1,0 +1,65 @@
+"""INT8 quantization: calibration on real images, the accuracy report, exclusions, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from oneformer.errors import DataError
+from oneformer.quantize import excluded_nodes, quantize
+from oneformer.runtime import OnnxPredictor
+from oneformer.spec import load_spec
+
+
+def test_exclusions_keep_attention_and_rank3_matmuls_in_fp32() -> None:
+    import numpy as np
+
+    w2 = numpy_helper.from_array(np.ones((4, 4), np.float32), "w2")
+    w3 = numpy_helper.from_array(np.ones((2, 4, 4), np.float32), "w3")
+    nodes = [helper.make_node("MatMul", ["x", "w2"], ["a"], name="linear"),
+             helper.make_node("MatMul", ["a", "a"], ["b"], name="attention"),
+             helper.make_node("MatMul", ["b", "w3"], ["c"], name="rank3")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 4])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [w2, w3])
+    model = helper.make_model(graph)
+    assert excluded_nodes(model, per_channel=True) == ["attention", "rank3"]
+    assert excluded_nodes(model, per_channel=False) == ["attention"]
+
+
+@pytest.mark.slow
+def test_quantize_a_checkpoint_keeps_accuracy(trained: dict, tmp_path: Path) -> None:
+    from oneformer.evaluation.evaluate import evaluate
+
+    spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}",
+                                            f"quantize.results_dir={tmp_path}"])
+    report = quantize(spec)  # model_path "best": exported first, then quantized
+    int8 = tmp_path / "model.int8.onnx"
+    assert report["passed"] and report["agreement"] >= 0.95 and report["calibration_images"] == 8
+    assert abs(report["mIoU"]["int8"] - report["mIoU"]["fp32"]) < 0.05 and report["mIoU"]["int8"] >= 0.5
+    assert json.loads((tmp_path / "model.int8.onnx.report.json").read_text())["onnx_file"] == str(int8)
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert OnnxPredictor(int8).info.precision == "int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.report.json",
+                                                          "model.onnx", "model.onnx.report.json", "status.json"]
+    metrics = evaluate(load_spec(trained["spec_path"], [f"results_dir={trained['results']}",
+                                                        f"evaluate.checkpoint={int8}",
+                                                        f"evaluate.results_dir={tmp_path}/eval"]))
+    assert metrics["mIoU"] == pytest.approx(report["mIoU"]["int8"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_missing_calibration_set_is_a_clear_error(trained: dict, tmp_path: Path) -> None:
+    spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}", f"quantize.results_dir={tmp_path}",
+                                            "dataset.quant_calibration_dataset.images_dir=null"])
+    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir is not set"):
+        quantize(spec)
+    spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}", f"quantize.results_dir={tmp_path}",
+                                            f"dataset.quant_calibration_dataset.images_dir={tmp_path}/none"])
+    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir"):
+        quantize(spec)
+    assert not list(tmp_path.glob("*.onnx"))
