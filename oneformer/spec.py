@@ -368,6 +368,7 @@ class GenTrtEngineConfig(Section):
     trt_engine: str | None = None
     results_dir: str | None = None
     gpu_id: int = Field(0, ge=0)
+    overwrite: bool = False
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 
 

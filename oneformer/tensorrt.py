@@ -1,0 +1,235 @@
+"""The gen_trt_engine action: TensorRT engines from exported ONNX files, and a TensorRT predictor.
+
+Written to NVIDIA's documented TensorRT 10 Python API. Everything that decides *what* to build (precision,
+shapes, workspace, names, the QDQ check) is plain Python and runs anywhere; only `build` and the predictor
+touch TensorRT, and both start by checking that TensorRT and a CUDA device are present.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from oneformer.errors import CheckpointError, ConversionError, SpecError
+from oneformer.export import output_path
+from oneformer.parity import compare, sample_images, write_json
+from oneformer.runtime import META_KEY, ModelInfo, OnnxPredictor, Outputs, check_task, outputs_from
+from oneformer.spec import ExperimentSpec
+from oneformer.status import StatusWriter
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("install NVIDIA TensorRT 10 for your CUDA version (pip install tensorrt, served from NVIDIA's "
+                "package index) on a machine with an NVIDIA GPU")
+
+
+@dataclass
+class BuildSettings:
+    """Everything the builder needs, resolved from the spec and the ONNX file."""
+
+    onnx_file: Path
+    engine_file: Path
+    precision: str
+    workspace_bytes: int
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    timing_cache: Path | None
+    info: ModelInfo
+
+
+def onnx_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
+    """The graph's image input and its shape (None for a dynamic axis)."""
+    inp = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    return inp.name, dims
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """Explicitly quantized (what `oneformer quantize` writes): TensorRT takes its INT8 scales from the graph."""
+    return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def default_onnx(spec: ExperimentSpec) -> Path:
+    """The export (or, for int8, the quantize) action's output in this results folder."""
+    if spec.gen_trt_engine.tensorrt.data_type == "int8":
+        return Path(spec.quantize.onnx_file or spec.action_dir("quantize") / "model.int8.onnx")
+    return Path(spec.export.onnx_file or spec.action_dir("export") / "model.onnx")
+
+
+def engine_name(onnx_file: Path, precision: str) -> str:
+    """<name>.<precision>.engine, without repeating a precision the ONNX name already carries."""
+    stem = onnx_file.stem
+    for tag in (".int8", ".fp16", ".fp32"):
+        stem = stem.removesuffix(tag)
+    return f"{stem}.{precision}.engine"
+
+
+def settings(spec: ExperimentSpec) -> BuildSettings:
+    """Resolve and check the build settings (no TensorRT needed)."""
+    cfg, trt_cfg = spec.gen_trt_engine, spec.gen_trt_engine.tensorrt
+    onnx_file = Path(cfg.onnx_file) if cfg.onnx_file else default_onnx(spec)
+    if not onnx_file.is_file():
+        raise CheckpointError(f"gen_trt_engine.onnx_file: {onnx_file} does not exist; run `oneformer export`"
+                              + (" and `oneformer quantize`" if trt_cfg.data_type == "int8" else "") + " first")
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in meta:
+        raise CheckpointError(f"{onnx_file} has no oneformer metadata: export it with `oneformer export`")
+    info = ModelInfo.from_json(meta[META_KEY], str(onnx_file))
+    if trt_cfg.data_type == "int8" and not is_qdq(model):
+        raise ConversionError(f"gen_trt_engine.tensorrt.data_type=int8 needs an INT8 QDQ model, and {onnx_file} "
+                              f"has no QuantizeLinear nodes: run `oneformer quantize` and set "
+                              f"gen_trt_engine.onnx_file to its model.int8.onnx")
+    name, dims = onnx_input(model)
+    batches = (trt_cfg.min_batch_size, trt_cfg.opt_batch_size, trt_cfg.max_batch_size)
+    if dims[0] is not None:  # a fixed batch in the graph wins over the spec's profile
+        if set(batches) != {dims[0]}:
+            log.warning("gen_trt_engine: %s has a fixed batch of %d; tensorrt.*_batch_size ignored", onnx_file,
+                        dims[0])
+        batches = (dims[0],) * 3
+    elif not batches[0] <= batches[1] <= batches[2]:
+        raise SpecError([f"gen_trt_engine.tensorrt: min_batch_size ({batches[0]}) <= opt_batch_size "
+                         f"({batches[1]}) <= max_batch_size ({batches[2]}) must hold"])
+    if any(d is None for d in dims[1:]):
+        raise ConversionError(f"{onnx_file}: only the batch axis may be dynamic (input {name} is {dims})")
+    default = spec.action_dir("gen_trt_engine") / engine_name(onnx_file, trt_cfg.data_type)
+    engine = output_path(cfg.trt_engine, default, cfg.overwrite, "gen_trt_engine.trt_engine",
+                         "gen_trt_engine.overwrite")
+    rest = tuple(dims[1:])
+    return BuildSettings(onnx_file=onnx_file, engine_file=engine, precision=trt_cfg.data_type,
+                         workspace_bytes=trt_cfg.workspace_size * 2**20, input_name=name,
+                         min_shape=(batches[0], *rest), opt_shape=(batches[1], *rest), max_shape=(batches[2], *rest),
+                         timing_cache=Path(trt_cfg.timing_cache) if trt_cfg.timing_cache else None,
+                         info=replace(info, precision=trt_cfg.data_type))
+
+
+def require_tensorrt() -> Any:  # noqa: ANN401 - the tensorrt module
+    """The tensorrt module, or a clear error naming what is missing."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise ConversionError(f"TensorRT is not installed (no `tensorrt` Python package): {INSTALL_HINT}. ONNX "
+                              f"Runtime can run the FP32 and INT8 ONNX files meanwhile") from exc
+    if not torch.cuda.is_available():
+        raise ConversionError(f"TensorRT {tensorrt.__version__} is installed but no CUDA device is visible: "
+                              f"TensorRT builds and runs engines on an NVIDIA GPU")
+    return tensorrt
+
+
+def build(s: BuildSettings) -> dict:
+    """Parse the ONNX file, configure the builder, and write the serialized engine (plus its metadata sidecar)."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(s.onnx_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConversionError(f"TensorRT could not parse {s.onnx_file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, s.workspace_bytes)
+    if s.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if s.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the graph's Q/DQ nodes
+    profile = builder.create_optimization_profile()
+    profile.set_shape(s.input_name, s.min_shape, s.opt_shape, s.max_shape)
+    config.add_optimization_profile(profile)
+    cache_bytes = s.timing_cache.read_bytes() if s.timing_cache and s.timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    t0 = time.monotonic()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ConversionError(f"TensorRT failed to build an engine from {s.onnx_file} (see the log above)")
+    seconds = time.monotonic() - t0
+    tmp = s.engine_file.with_name(f".{s.engine_file.name}.partial")
+    tmp.write_bytes(bytes(serialized))
+    os.replace(tmp, s.engine_file)
+    sidecar(s.engine_file).write_text(s.info.to_json())
+    if s.timing_cache:
+        s.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"build_seconds": round(seconds, 2), "tensorrt": trt.__version__,
+            "engine_mb": round(s.engine_file.stat().st_size / 2**20, 2)}
+
+
+def sidecar(engine: Path) -> Path:
+    """Engines cannot carry ONNX metadata; it travels next to them."""
+    return engine.with_name(engine.name + ".json")
+
+
+class TensorRTPredictor:
+    """TensorRT inference of an engine built by gen_trt_engine (input and outputs live on the GPU)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"TensorRT engine {self.path} does not exist")
+        if not sidecar(self.path).is_file():
+            raise CheckpointError(f"{sidecar(self.path)} is missing: build the engine with `oneformer gen_trt_engine`")
+        self.info = ModelInfo.from_json(sidecar(self.path).read_text(), str(sidecar(self.path)))
+        from oneformer.data.labelmap import LabelMap
+
+        self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, str(sidecar(self.path)))
+        trt = require_tensorrt()
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise CheckpointError(f"{self.path}: TensorRT could not load this engine (built by another version?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
+        check_task(self.info, task, self.path)
+        x = pixels.to("cuda", torch.float32).contiguous()
+        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
+        self.context.set_tensor_address(self.inputs[0], x.data_ptr())
+        results = []
+        for name in self.outputs:
+            dtype = torch.from_numpy(np.empty(0, self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            results.append(out)
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ConversionError(f"TensorRT failed to run {self.path}")
+        stream.synchronize()
+        return outputs_from(self.outputs, [r.cpu().numpy() for r in results])
+
+
+def gen_trt_engine(spec: ExperimentSpec) -> dict:
+    """The gen_trt_engine action: build the engine, then compare it with ONNX Runtime on real images."""
+    s = settings(spec)
+    out_dir = s.engine_file.parent
+    status = StatusWriter(spec.action_dir("gen_trt_engine"))
+    status.write("STARTED", f"Building a {s.precision} engine from {s.onnx_file}")
+    try:
+        require_tensorrt()
+        log.info("gen_trt_engine: %s -> %s (%s, batch %s..%s, workspace %d MiB)", s.onnx_file, s.engine_file,
+                 s.precision, s.min_shape[0], s.max_shape[0], s.workspace_bytes >> 20)
+        built = build(s)
+        reference, engine = OnnxPredictor(s.onnx_file), TensorRTPredictor(s.engine_file)
+        task = s.info.task
+        parity = compare(lambda p: reference(p, task), lambda p: engine(p, task),
+                         sample_images(spec, spec.export.parity_images, "gen_trt_engine's parity check"), s.info)
+    except Exception as exc:
+        status.write("FAILURE", f"{type(exc).__name__}: {exc}")
+        raise
+    report = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items() if k != "info"},
+              **built, **parity, "reference": "onnxruntime"}
+    write_json(out_dir / (s.engine_file.name + ".report.json"), report)
+    status.write("SUCCESS", f"Built {s.engine_file}", kpi={"agreement": parity["agreement"]})
+    return report
