@@ -22,6 +22,8 @@ REQUIRED = {
     "quantize": ("dataset.quant_calibration_dataset.images_dir",),
     "gen_trt_engine": (),
 }
+PARITY_IMAGES = ("dataset.val.images", "dataset.test.images", "inference.images_dir",
+                 "dataset.quant_calibration_dataset.images_dir")
 OPTIONAL = {"evaluate": ("dataset.test.panoptic",), "train": ()}
 MODEL_KEYS = {"evaluate": "evaluate.checkpoint", "inference": "inference.checkpoint", "export": "export.checkpoint"}
 
@@ -65,6 +67,15 @@ def check(spec: ExperimentSpec, action: str) -> list[str]:
             resolve(str(get(spec, key)), spec.action_dir("train"), key)
         except OneFormerError as exc:
             problems.append(str(exc))
+    if action in ("export", "quantize", "gen_trt_engine") and not any(get(spec, k) for k in PARITY_IMAGES):
+        problems.append(f"{action} compares the converted model with its source on real images: set "
+                        f"{' or '.join(PARITY_IMAGES)}")
+    if action == "gen_trt_engine":
+        from oneformer.tensorrt import default_onnx
+
+        onnx_file = spec.gen_trt_engine.onnx_file or str(default_onnx(spec))
+        if not Path(onnx_file).is_file():
+            problems.append(f"gen_trt_engine.onnx_file: {onnx_file} does not exist; run `oneformer export` first")
     if action == "quantize" and spec.quantize.model_path.endswith((".onnx", ".pth")):
         if not Path(spec.quantize.model_path).is_file():
             problems.append(f"quantize.model_path: {spec.quantize.model_path} does not exist")

@@ -41,6 +41,20 @@ class Checkpoint:
         return LabelMap.from_list(self.label_map, self.contiguous_id, f"{self.path} label map")
 
 
+def checkpoint_meta(net: torch.nn.Module, labels: LabelMap, spec: dict, metrics: dict | None = None) -> dict:
+    """The section that makes a checkpoint self-contained: config, label map and spec."""
+    return {"hf_config": json.loads(net.config.to_json_string()), "label_map": labels.to_list(),
+            "contiguous_id": labels.contiguous, "spec": spec, "metrics": metrics or {}}
+
+
+def save_weights(path: Path, net: torch.nn.Module, labels: LabelMap, spec: dict) -> Path:
+    """A checkpoint of a network that was not trained here (random or imported weights), same format."""
+    state = {PREFIX + k: v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 0, META_KEY: checkpoint_meta(net, labels, spec)},
+               path)
+    return path
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Load with weights_only=True: our checkpoints hold only tensors and plain data."""
     path = Path(path)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytorch_lightning as pl
 import torch
 
-from oneformer.checkpoint import META_KEY
+from oneformer.checkpoint import META_KEY, checkpoint_meta
 from oneformer.data.labelmap import LabelMap
 from oneformer.evaluation.metrics import ConfusionMatrix
 from oneformer.model import Network, build_network, set_training_mode
@@ -79,10 +77,5 @@ class SegmentationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint content
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[META_KEY] = {
-            "hf_config": json.loads(self.net.config.to_json_string()),
-            "label_map": self.labels.to_list(),
-            "contiguous_id": self.labels.contiguous,
-            "spec": self.spec.model_dump(mode="json"),
-            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
-        }
+        checkpoint[META_KEY] = checkpoint_meta(self.net, self.labels, self.spec.model_dump(mode="json"),
+                                               {k: float(v) for k, v in self.trainer.callback_metrics.items()})

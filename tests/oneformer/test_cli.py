@@ -36,6 +36,16 @@ def test_check_lists_every_problem_and_exits_nonzero(small_synth: Path, tmp_path
     assert ok.returncode == 0, ok.stderr
 
 
+def test_check_deployment_actions_name_their_inputs(small_synth: Path, tmp_path: Path) -> None:
+    no_images = ["dataset.val.images=null", "dataset.test.images=null", "inference.images_dir=null",
+                 "dataset.quant_calibration_dataset.images_dir=null"]
+    res = oneformer("check", "-e", str(small_synth), "--action", "gen_trt_engine", f"results_dir={tmp_path}",
+                    *no_images)
+    assert res.returncode == 2
+    assert "gen_trt_engine compares the converted model with its source on real images" in res.stderr
+    assert f"gen_trt_engine.onnx_file: {tmp_path}/export/model.onnx does not exist" in res.stderr
+
+
 def test_bad_override_is_a_clean_error(small_synth: Path) -> None:
     res = oneformer("train", "-e", str(small_synth), "train.optim.lrr=1")
     assert res.returncode == 2 and "did you mean train.optim.lr" in res.stderr and "Traceback" not in res.stderr

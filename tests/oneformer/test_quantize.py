@@ -46,10 +46,17 @@ def test_quantize_a_checkpoint_keeps_accuracy(trained: dict, tmp_path: Path) -> 
     assert OnnxPredictor(int8).info.precision == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.report.json",
                                                           "model.onnx", "model.onnx.report.json", "status.json"]
+    assert report["size_mb"]["int8"] < report["size_mb"]["fp32"]
     metrics = evaluate(load_spec(trained["spec_path"], [f"results_dir={trained['results']}",
                                                         f"evaluate.checkpoint={int8}",
                                                         f"evaluate.results_dir={tmp_path}/eval"]))
     assert metrics["mIoU"] == pytest.approx(report["mIoU"]["int8"], abs=1e-9)
+    from oneformer.inference import infer
+
+    result = infer(load_spec(trained["spec_path"], [f"results_dir={trained['results']}", "inference.mode=semantic",
+                                                    f"inference.checkpoint={int8}",
+                                                    f"inference.results_dir={tmp_path}/inference"]))
+    assert result["images"] == 4 and len(list((tmp_path / "inference" / "semantic").glob("*.png"))) == 4
 
 
 @pytest.mark.slow
