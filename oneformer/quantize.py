@@ -102,7 +102,8 @@ def calibration_images(spec: ExperimentSpec) -> list[Path]:
     return list_images(stage(value, key), key)[: spec.quantize.num_calibration_images]
 
 
-def quantize_onnx(fp32: Path, out: Path, images: list[Path], spec: ExperimentSpec, info: ModelInfo) -> list[str]:
+def quantize_onnx(fp32: Path, out: Path, images: list[Path], spec: ExperimentSpec, info: ModelInfo,
+                  source_meta: dict[str, str]) -> list[str]:
     """QDQ INT8 (U8 activations, S8 weights) of Conv/MatMul/Gemm to `out`; returns the excluded nodes."""
     cfg = spec.quantize
     pre = out.with_name(f".{out.name}.pre.onnx")
@@ -122,8 +123,7 @@ def quantize_onnx(fp32: Path, out: Path, images: list[Path], spec: ExperimentSpe
         for extra in out.parent.glob("augmented_model*.onnx"):  # onnxruntime's calibration scratch
             extra.unlink(missing_ok=True)
     int8 = onnx.load(str(out))
-    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    meta[META_KEY] = replace(info, precision="int8").to_json()
+    meta = {**source_meta, META_KEY: replace(info, precision="int8").to_json()}
     del int8.metadata_props[:]
     for key, value in meta.items():
         int8.metadata_props.add(key=key, value=value)
@@ -145,7 +145,8 @@ def quantize(spec: ExperimentSpec) -> dict:
     try:
         fp32 = fp32_model(spec, out_dir)
         reference = OnnxPredictor(fp32)
-        exclude = quantize_onnx(fp32, tmp, images, spec, reference.info)
+        exclude = quantize_onnx(fp32, tmp, images, spec, reference.info,
+                                reference.session.get_modelmeta().custom_metadata_map)
         int8 = OnnxPredictor(tmp)
         task = reference.info.task
         log.info("quantize: comparing INT8 with FP32")

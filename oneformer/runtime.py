@@ -124,8 +124,8 @@ class TorchPredictor:
         data, one = ckpt.spec.get("dataset", {}), ckpt.spec.get("model", {}).get("one_former", {})
         self.info = ModelInfo(task=None, output="logits", input_size=None, mean=data.get("pixel_mean", MEAN),
                               std=data.get("pixel_std", STD), label_map=ckpt.label_map,
-                              contiguous_id=ckpt.contiguous_id, size_divisibility=one.get("size_divisibility", 32)
-                              or 32, source=str(self.path))
+                              contiguous_id=ckpt.contiguous_id, source=str(self.path),
+                              size_divisibility=one.get("size_divisibility") or 32)
         cfg = self.net.config
         self.text = TextTable(self.labels.names, cfg.task_seq_len, cfg.text_encoder_context_length)
 
