@@ -381,6 +381,7 @@ class AutoMLConfig(Section):
     pruner: Literal["hyperband", "median", "none"] = "median"
     n_jobs: int = Field(1, gt=0, description="Trials run in parallel")
     storage: str | None = Field(None, description="SQLAlchemy URL; default SQLite in results_dir")
+    study_name: str | None = Field(None, description="Optuna study to create or continue; default model_name")
     search_space: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="key -> {min, max, scale} narrowing or extending the schema"
     )

@@ -63,6 +63,19 @@ def _fingerprint_remote(fs: fsspec.AbstractFileSystem, uri: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
+def fingerprint(uri: str | os.PathLike) -> str:
+    """A short digest that changes when the data changes: ETag for objects, content for files, listing for folders."""
+    text = str(uri)
+    if is_remote(text):
+        fs, path = fsspec.core.url_to_fs(text, **storage_options(text))
+        return _fingerprint_remote(fs, path)
+    local = Path(text.removeprefix("file://")).expanduser()
+    if local.is_file():
+        return _digest_file(local)
+    listing = sorted(f"{p.relative_to(local)}|{p.stat().st_size}" for p in local.rglob("*") if p.is_file())
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:20]
+
+
 def unwrap(folder: Path) -> Path:
     """Descend through wrapper folders (a folder holding exactly one folder and no files)."""
     while True:
@@ -98,13 +111,13 @@ def extract(archive: Path, key: str) -> Path:
     return unwrap(dest / "data")
 
 
-def download(uri: str) -> Path:
+def download(uri: str, what: str = "data path") -> Path:
     """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
     fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
     try:
         key = _fingerprint_remote(fs, path)
     except FileNotFoundError:
-        raise DataError(f"{uri} does not exist") from None
+        raise DataError(f"{what}: {uri} does not exist (check the URI, or the bucket and prefix it names)") from None
     target = cache_root() / "objects" / key / Path(path).name
     if target.exists():
         log.info("staging: reusing %s (unchanged)", uri)
@@ -124,7 +137,7 @@ def stage(uri: str | os.PathLike | None, what: str = "data path") -> Path:
     text = str(uri)
     cache_root().mkdir(parents=True, exist_ok=True)
     if is_remote(text):
-        local = download(text)
+        local = download(text, what)
         return extract(local, "x" + local.parent.name) if is_archive(local.name) else local
     local = Path(text.removeprefix("file://")).expanduser()
     if not local.exists():

@@ -1,0 +1,185 @@
+"""AutoML with Optuna: a resumable study in RDB storage, one Prefect task and one nested MLflow run per trial."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from oneformer.spec import ExperimentSpec, apply_overrides, build_spec
+from tasks import tracking
+from tasks.search_space import search_space
+from tasks.training import PruneOnPlateau, run_training
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+HEARTBEAT_S = 30
+
+
+def storage_url(spec: ExperimentSpec) -> str:
+    """automl.storage, else SQLite in <results_dir>/automl."""
+    if spec.automl.storage:
+        return spec.automl.storage
+    folder = (Path(spec.results_dir) / "automl").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder}/optuna.db"
+
+
+def sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
+    """automl.sampler, seeded from train.seed so a study is repeatable."""
+    seed = spec.train.seed
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[spec.automl.sampler]()
+
+
+def pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
+    """automl.pruner over per-epoch validation mIoU; the first quarter of the epochs is never pruned."""
+    epochs = spec.train.num_epochs
+    warmup = max(1, epochs // 4)
+    if spec.automl.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs, reduction_factor=3)
+    if spec.automl.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=warmup)
+    return optuna.pruners.NopPruner()
+
+
+def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
+    """The study's RDB storage, with heartbeats so trials of a killed process can be told apart."""
+    return optuna.storages.RDBStorage(storage_url(spec), heartbeat_interval=HEARTBEAT_S,
+                                      grace_period=4 * HEARTBEAT_S)
+
+
+def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """Create or continue the study `name`; trials a killed process left RUNNING are marked failed."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
+                                pruner=pruner(spec), load_if_exists=True)
+    optuna.storages.fail_stale_trials(study)
+    return study
+
+
+class Heartbeat:
+    """Record a trial's heartbeat while it trains, so a resumed study can tell dead trials from live ones."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
+        # Optuna runs heartbeats only inside study.optimize; ask-and-tell trials need their own.
+        self.storage, self.trial_id, self.stop = storage, trial._trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(0 if not self.thread.ident else HEARTBEAT_S):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+def trial_spec(spec: ExperimentSpec, params: dict[str, Any], folder: Path) -> ExperimentSpec:
+    """The spec with the trial's values and its own results folder (checkpoints every epoch, for selection)."""
+    raw = spec.model_dump(mode="json")
+    return build_spec(apply_overrides(raw, {**params, "results_dir": str(folder), "train.results_dir": None}),
+                      f"trial spec in {folder}")
+
+
+@task(name="automl-trial", task_run_name="trial {number}: {label}", cache_policy=NO_CACHE)
+def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, number: int,
+              label: str, spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> dict:
+    """Train one trial to its budget (or until pruned) and tell the study; a failure is recorded, not raised."""
+    logger = get_run_logger()
+    folder = Path(spec.results_dir).resolve() / "automl" / f"trial_{number:03d}"
+    c = tracking.client(tracking_uri)
+    run = tracking.start_run(c, experiment, f"trial-{number}", parent_run, {"optuna.trial": str(number)})
+    c.log_batch(run, params=[optuna_param(k, v) for k, v in trial.params.items()])
+    trial.set_user_attr("results_dir", str(folder))
+    trial.set_user_attr("mlflow_run_id", run)
+    prune = PruneOnPlateau(trial)
+    t0 = time.monotonic()
+    try:
+        with Heartbeat(storage, trial):
+            result = run_training(trial_spec(spec, trial.params, folder), tracking_uri, run, [prune])
+    except Exception as exc:  # noqa: BLE001 - one bad trial must not end the study
+        logger.exception("trial %d failed", number)
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        c.set_terminated(run, "FAILED")
+        return {"number": number, "state": "FAIL", "error": f"{type(exc).__name__}: {exc}"}
+    trial.set_user_attr("epochs", result["epochs"])
+    trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
+    if result["best"]:
+        trial.set_user_attr("checkpoint", result["best"]["path"])
+    tracking.set_tags(c, run, {"optuna.state": "PRUNED" if prune.pruned_at is not None else "COMPLETE",
+                               "epochs": result["epochs"]})
+    if prune.pruned_at is not None:
+        study.tell(trial, state=TrialState.PRUNED)
+        state = "PRUNED"
+    elif result["mIoU"] is None:
+        trial.set_user_attr("error", "no checkpoint with a validation mIoU")
+        study.tell(trial, state=TrialState.FAIL)
+        state = "FAIL"
+    else:
+        study.tell(trial, result["mIoU"])
+        state = "COMPLETE"
+    logger.info("trial %d %s after %d epochs: best mIoU %s", number, state, result["epochs"], result["mIoU"])
+    return {"number": number, "state": state, "mIoU": result["mIoU"], "epochs": result["epochs"],
+            "checkpoint": result["best"]["path"] if result["best"] else None, "run_id": run}
+
+
+def optuna_param(key: str, value: Any):  # noqa: ANN201 - an mlflow Param
+    """A trial value as an MLflow param."""
+    from mlflow.entities import Param
+
+    return Param(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def study_name(spec: ExperimentSpec) -> str:
+    """automl.study_name, else the registered model name."""
+    return spec.automl.study_name or spec.model_name
+
+
+def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> optuna.Study:
+    """Run trials until the study holds automl.n_trials finished ones (or automl.timeout passes)."""
+    logger = get_run_logger()
+    space = search_space(spec)
+    storage = rdb_storage(spec)
+    study = open_study(spec, study_name(spec), storage)
+    done = [t for t in study.trials if t.state in FINISHED]
+    remaining = spec.automl.n_trials - len(done)
+    logger.info("study %r in %s: %d trials finished, %d to run; searching %s", study.study_name,
+                storage_url(spec).split("@")[-1], len(done), max(remaining, 0), ", ".join(space))
+    t0 = time.monotonic()
+    while remaining > 0:
+        if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
+            logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
+            break
+        batch = [study.ask(space) for _ in range(min(spec.automl.n_jobs, remaining))]
+        futures = [run_trial.submit(study, storage, t, t.number, label(t.params), spec, tracking_uri, experiment,
+                                    parent_run) for t in batch]
+        for f in futures:
+            f.result()
+        remaining -= len(batch)
+    return study
+
+
+def label(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in params.items())
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The completed trial with the highest validation mIoU (pruned and failed trials never win)."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
+    if not complete:
+        raise RuntimeError(f"study {study.study_name!r}: no trial completed with a checkpoint; see the failed "
+                           f"trials' `error` attributes in the study and the trial runs in MLflow")
+    return max(complete, key=lambda t: t.value)

@@ -1,0 +1,96 @@
+"""MLflow plumbing: where runs go, parent and nested runs, params, metrics, artifacts and dataset inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from oneformer.spec import ExperimentSpec, flatten
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri(explicit: str | None, results_dir: str | Path) -> str:
+    """The parameter, else MLFLOW_TRACKING_URI, else SQLite in the results folder."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve()}/mlflow.db"
+
+
+def client(uri: str) -> MlflowClient:
+    """A client bound to one tracking and registry URI (no process-global state between tasks)."""
+    mlflow.set_tracking_uri(uri)  # for the fluent calls flavours make (log_model)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def experiment_id(c: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created with an explicit artifact location (MLflow's default is ./mlruns)."""
+    found = c.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root else None
+    return c.create_experiment(name, artifact_location=location)
+
+
+def start_run(c: MlflowClient, exp: str, name: str, parent: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    """A new run (nested under `parent` when given); returns its id."""
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent:
+        all_tags[PARENT_TAG] = parent
+    return c.create_run(exp, run_name=name, tags=all_tags).info.run_id
+
+
+def log_spec(c: MlflowClient, run: str, spec: ExperimentSpec, path: Path) -> None:
+    """The flattened spec as params (100 per batch, MLflow's limit) and the YAML as an artifact."""
+    params = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
+              for k, v in flatten(spec.model_dump(mode="json")).items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run, params=[Param(p.key, p.value[:6000]) for p in params[i:i + 100]])
+    c.log_artifact(run, str(path), "spec")
+
+
+def log_metrics(c: MlflowClient, run: str, metrics: dict[str, Any], prefix: str = "", step: int = 0) -> None:
+    """Numeric entries of a metrics dict, flattened with a prefix."""
+    import time
+
+    now = int(time.time() * 1000)
+    rows = [Metric(prefix + k, float(v), now, step) for k, v in flatten(metrics).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)]
+    for i in range(0, len(rows), 500):
+        c.log_batch(run, metrics=rows[i:i + 500])
+
+
+def set_tags(c: MlflowClient, run: str, tags: dict[str, Any]) -> None:
+    """String tags in one call."""
+    c.log_batch(run, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_files(c: MlflowClient, run: str, files: list[str | Path], folder: str) -> list[str]:
+    """Existing files as artifacts under `folder`; returns what was logged."""
+    done = []
+    for f in files:
+        if f and Path(f).is_file():
+            c.log_artifact(run, str(f), folder)
+            done.append(str(f))
+    return done
+
+
+def log_dataset(c: MlflowClient, run: str, name: str, source: str, digest: str, context: str) -> None:
+    """The dataset as a run input (source URI and content digest), so a model version traces back to its data."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    kind = "s3" if source.startswith("s3://") else "local"
+    ds = Dataset(name=name, digest=digest, source_type=kind, source=json.dumps({"uri": source}))
+    c.log_inputs(run, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+
+def run_url(uri: str, exp: str, run: str) -> str:
+    """Where to open the run: the server's page, or the `mlflow ui` address for a local store."""
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run}"
