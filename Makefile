@@ -15,13 +15,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -c "import oneformer.cli, torch, transformers, pytorch_lightning"
 	touch $@
 
-# Main job: synthetic data in TAO's bucket layout -> train the CPU smoke model -> evaluate -> inference.
+# Main job: synthetic data in TAO's bucket layout -> the whole pipeline (AutoML, best checkpoint, evaluate,
+# export, INT8, TensorRT where present, inference overlays, MLflow registry), everything under $(DEMO)/.
 demo: install
 	$(ONEFORMER) synth --out $(DEMO)/data --train 64 --val 16 --size 128
-	$(ONEFORMER) train -e $(DEMO)/data/spec.yaml results_dir=$(DEMO)/results
-	$(ONEFORMER) evaluate -e $(DEMO)/data/spec.yaml results_dir=$(DEMO)/results
-	$(ONEFORMER) inference -e $(DEMO)/data/spec.yaml results_dir=$(DEMO)/results
-	@echo "demo finished: metrics in $(DEMO)/results/evaluate/metrics.json, overlays in $(DEMO)/results/inference/overlays"
+	cd $(DEMO) && ONEFORMER_CACHE=$$PWD/cache PREFECT_HOME=$$PWD/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  $(abspath $(PY)) -m flows.pipeline --spec data/spec.yaml --results-dir results \
+	  --mlflow-uri sqlite:///$$PWD/mlflow.db --train data/train --eval data/eval --inference data/inference \
+	  --calibration data/calibration
 
 test: install
 	$(PY) -m pytest -q -rs

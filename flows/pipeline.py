@@ -266,22 +266,58 @@ def _summary(out: dict, metrics: dict, chosen: dict, parity: list, uri: str, exp
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict:
+    """Run the pipeline locally on Prefect's ephemeral API and print where to look at the result."""
     import argparse
 
-    p = argparse.ArgumentParser(description="Run oneformer-pipeline locally (Prefect's ephemeral API).")
-    p.add_argument("--spec")
-    p.add_argument("--trials", type=int)
-    p.add_argument("--no-automl", action="store_true")
-    p.add_argument("--results-dir")
-    p.add_argument("--train"), p.add_argument("--eval"), p.add_argument("--inference"), p.add_argument("--calibration")
-    p.add_argument("overrides", nargs="*", help="dotted key=value spec overrides")
-    a = p.parse_args()
     from oneformer.spec import parse_override
 
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
+    p.add_argument("--spec", help="experiment spec YAML")
+    p.add_argument("--trials", type=int, help="AutoML trial budget")
+    p.add_argument("--no-automl", action="store_true", help="train once with the spec's values")
+    p.add_argument("--results-dir")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite in the results folder)")
+    for source in ("train", "eval", "inference", "calibration"):
+        p.add_argument(f"--{source}", help=f"{source} data URI (s3://..., file://... or a folder)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value spec overrides")
+    a = p.parse_args(argv)
     result = pipeline(spec=a.spec, overrides=dict(parse_override(o) for o in a.overrides),
                       sources=DataSources(train=a.train, eval=a.eval, inference=a.inference,
                                           calibration=a.calibration),
-                      automl_policy=not a.no_automl, n_trials=a.trials, results_dir=a.results_dir)
-    print(json.dumps({k: result.get(k) for k in ("metrics", "registered", "artifacts", "checkpoint")}, indent=1,
-                     default=str))
+                      automl_policy=not a.no_automl, n_trials=a.trials, results_dir=a.results_dir,
+                      tracking_config=Tracking(tracking_uri=a.mlflow_uri))
+    print(_closing(result))
+    return result
+
+
+def _closing(result: dict) -> str:
+    """The end-of-run text: metrics, registered version, and how to open both UIs on this run."""
+    import os
+    import shlex
+    import sys
+
+    m = result.get("metrics", {})
+    reg = result.get("registered") or {}
+    uri = result["tracking_uri"]
+    home = os.environ.get("PREFECT_HOME")
+    prefix = f"PREFECT_HOME={shlex.quote(home)} " if home else ""
+    bin_dir = Path(sys.executable).parent
+    lines = ["", "=" * 72, "oneformer-pipeline finished",
+             "  test metrics: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("mIoU", "PQ", "AP") if k in m),
+             f"  chosen: trial {result['chosen'].get('trial')} -> {result['checkpoint']}"]
+    if reg:
+        lines.append(f"  registered: {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}) -> "
+                     f"{reg['model_uri']}")
+    lines += [f"  {k}: {v}" for k, v in result["artifacts"].items()]
+    lines += ["", "Open the MLflow UI:",
+              f"  {bin_dir}/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000",
+              "  then http://127.0.0.1:5000",
+              "Open the Prefect UI (runs from the local ephemeral API):",
+              f"  {prefix}{bin_dir}/prefect server start --host 127.0.0.1 --port 4200",
+              "  then http://127.0.0.1:4200", "=" * 72]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

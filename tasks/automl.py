@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ from oneformer.spec import ExperimentSpec, apply_overrides, build_spec
 from tasks import tracking
 from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
+
+# Ask-and-tell trials record their own heartbeats (Heartbeat below); Optuna warns about that pairing.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="tasks.automl")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*heartbeat.*")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S = 30

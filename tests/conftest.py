@@ -51,3 +51,23 @@ def trained(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     results = tmp_path_factory.mktemp("results")
     spec = load_spec(synth, [f"results_dir={results}", f"train.num_epochs={LEARN_EPOCHS}"])
     return {"spec_path": synth, "results": results, **train(spec)}
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a boto3 S3 client
+    """An S3 server over HTTP on 127.0.0.1 (moto) with an empty bucket `data`; S3 settings in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+    client.create_bucket(Bucket="data")
+    yield client
+    server.stop()
+

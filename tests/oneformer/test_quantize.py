@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from oneformer.errors import DataError
-from oneformer.quantize import excluded_nodes, quantize
+from oneformer.quantize import excluded_nodes, quantize, shapes_skip_dequantize
 from oneformer.runtime import OnnxPredictor
 from oneformer.spec import load_spec
 
@@ -28,6 +28,17 @@ def test_exclusions_keep_attention_and_rank3_matmuls_in_fp32() -> None:
     model = helper.make_model(graph)
     assert excluded_nodes(model, per_channel=True) == ["attention", "rank3"]
     assert excluded_nodes(model, per_channel=False) == ["attention"]
+
+
+def test_shape_ops_skip_the_dequantize() -> None:
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["x"], name="dq"),
+             helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("q", TensorProto.UINT8, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph)
+    assert shapes_skip_dequantize(model) == 1
+    assert [list(n.input) for n in model.graph.node[1:]] == [["q"], ["x"]]
 
 
 @pytest.mark.slow

@@ -63,24 +63,6 @@ def test_missing_local_path_names_key(tmp_path: Path) -> None:
         stage(tmp_path / "nothing.tar.gz", "dataset.train.images")
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-    client.create_bucket(Bucket="data")
-    yield client
-    server.stop()
-
-
 def test_s3_archive_staged_and_reused_until_changed(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
     arc = _tar(tmp_path / "images.tar.gz", {"images/a.jpg": b"x"})
