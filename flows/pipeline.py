@@ -12,22 +12,13 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
+from flows.common import pipeline_spec
 from flows.params import Stages, Tracking, TrtPrecision
-from oneformer.spec import ExperimentSpec, dump_spec, load_spec
+from oneformer.spec import ExperimentSpec, dump_spec
 from tasks import tracking
 from tasks.actions import evaluate, export, gen_trt_engine, inference, quantize, with_values
 from tasks.sources import DataSources
 from tasks.staging import data_digest, load_s3_secret, stage_data
-
-
-def pipeline_spec(spec: str | None, overrides: dict[str, Any], results_dir: str | None, model_name: str | None,
-                  n_trials: int | None) -> ExperimentSpec:
-    """The spec file with the overrides and the flow's own parameters applied."""
-    values = dict(overrides)
-    for key, value in (("results_dir", results_dir), ("model_name", model_name), ("automl.n_trials", n_trials)):
-        if value is not None:
-            values[key] = value
-    return load_spec(spec, values)
 
 
 def digest(text: str) -> str:
@@ -124,6 +115,7 @@ def _chain(spec: ExperimentSpec, sources: DataSources, automl_policy: bool, stag
         chosen = {"trial": None, "mIoU": result["mIoU"], "params": {}, "checkpoint": checkpoint}
     logger.info("selected checkpoint %s (validation mIoU %.4f)", checkpoint, chosen["mIoU"])
     tracking.set_tags(c, run, {"checkpoint": checkpoint})
+    tracking.log_files(c, run, [checkpoint], "checkpoint")  # so action flows can take this run as their parent
     out: dict[str, Any] = {"checkpoint": checkpoint, "chosen": chosen, "trials": trials, "mlflow_run_id": run,
                            "tracking_uri": uri, "artifacts": {}}
 

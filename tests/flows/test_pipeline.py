@@ -10,6 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from flows.params import Tracking
 from flows.pipeline import pipeline
 from tasks.automl import open_study, rdb_storage
 from tasks.sources import DataSources
@@ -32,25 +33,58 @@ def _artifacts(c: MlflowClient, run: str, path: str = "") -> set[str]:
     return out
 
 
-def test_pipeline_from_s3_registers_and_rerun_resumes(s3, small_synth: Path, tmp_path: Path,  # noqa: ANN001
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
-    data = small_synth.parent
-    for name in ("train", "eval", "inference", "calibration"):
-        upload_tree(s3, data / name, "data", f"bucket/{name}")
-    sources = DataSources(train="s3://data/bucket/train", eval="s3://data/bucket/eval",
-                          inference="s3://data/bucket/inference", calibration="s3://data/bucket/calibration")
+@pytest.fixture(scope="module")
+def bucket(small_synth: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The synthetic dataset in TAO's bucket layout on an S3 server over HTTP on 127.0.0.1."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                     "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                     "ONEFORMER_CACHE": str(tmp_path_factory.mktemp("cache"))}.items():
+            mp.setenv(k, v)
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        client.create_bucket(Bucket="data")
+        for name in ("train", "eval", "inference", "calibration"):
+            upload_tree(client, small_synth.parent / name, "data", f"bucket/{name}")
+        yield DataSources(**{n: f"s3://data/bucket/{n}" for n in ("train", "eval", "inference", "calibration")})
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One pipeline run from S3 with two AutoML trials."""
     classes = yaml.safe_load(small_synth.read_text())["model"]["sem_seg_head"]["num_classes"]
-    results = tmp_path / "results"
+    results = tmp_path_factory.mktemp("pipeline") / "results"
     overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 3, "export.input_height": 64,
                  "export.input_width": 64, "quantize.num_calibration_images": 2, "automl.sampler": "random"}
-    caplog.set_level(logging.INFO)
+    handler = _Capture()
+    logging.getLogger().addHandler(handler)
+    try:
+        result = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=2,
+                          results_dir=str(results), model_name="synthetic")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return {**result, "results": results, "overrides": overrides, "log": "\n".join(handler.lines)}
 
-    first = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=sources, n_trials=2,
-                     results_dir=str(results), model_name="synthetic")
 
+class _Capture(logging.Handler):
+    """Every log line of a run, to prove no secret reaches the logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> None:
+    results = first["results"]
     reg = first["registered"]
     assert reg["version"] == "1" and set(reg["aliases"]) == {"candidate", "champion"}
     c = MlflowClient(first["tracking_uri"], registry_uri=first["tracking_uri"])
@@ -75,14 +109,19 @@ def test_pipeline_from_s3_registers_and_rerun_resumes(s3, small_synth: Path, tmp
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "eval"}
     trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(trials) == 2 and all(len(c.get_metric_history(t.info.run_id, "mIoU")) >= 1 for t in trials)
-    everything = json.dumps([run.data.params, run.data.tags, version.tags]) + caplog.text + \
+    everything = json.dumps([run.data.params, run.data.tags, version.tags]) + first["log"] + \
         (results / "summary.md").read_text() + (results / "spec.yaml").read_text()
     assert SECRET not in everything
 
-    caplog.clear()
+
+def test_rerun_reuses_staging_and_continues_the_study(first: dict, bucket: DataSources,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    results, overrides = first["results"], first["overrides"]
+    c = MlflowClient(first["tracking_uri"], registry_uri=first["tracking_uri"])
+    caplog.set_level(logging.INFO)
     study = open_study_for(results, first)
     done = {t.number: t.datetime_complete for t in study.trials}
-    second = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=sources, n_trials=3,
+    second = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=3,
                       results_dir=str(results), model_name="synthetic")
 
     assert "staging: downloading" not in caplog.text and "staging: reusing" in caplog.text
@@ -95,6 +134,40 @@ def test_pipeline_from_s3_registers_and_rerun_resumes(s3, small_synth: Path, tmp
     champion = str(c.get_model_version_by_alias("synthetic", "champion").version)
     expected = "2" if second["metrics"]["mIoU"] >= first["metrics"]["mIoU"] else "1"
     assert champion == expected
+
+
+def test_action_flows_take_a_run_id_or_a_registered_model_as_parent(first: dict, bucket: DataSources,
+                                                                    tmp_path: Path) -> None:
+    from flows.evaluate import evaluate_flow
+    from flows.export import export_flow
+    from flows.gen_trt_engine import gen_trt_engine_flow
+    from flows.inference import inference_flow
+    from flows.quantize import quantize_flow
+    from flows.train import train_flow
+    from oneformer.errors import CheckpointError
+
+    common = {"spec": "specs/smoke.yaml", "overrides": first["overrides"], "sources": bucket,
+              "results_dir": str(tmp_path / "actions"), "tracking_config": Tracking(tracking_uri=first["tracking_uri"])}
+    run_id = first["mlflow_run_id"]
+
+    exported = export_flow(parent=run_id, **common)
+    assert exported["agreement"] == 1.0 and Path(exported["onnx_file"]).is_file()
+    int8 = quantize_flow(parent="models:/synthetic/1", model_kind="onnx", **common)
+    assert int8["passed"] and int8["agreement"] >= 0.95
+    metrics = evaluate_flow(parent="models:/synthetic@candidate", model_kind="int8", **common)
+    assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == 4
+    predicted = inference_flow(parent=run_id, **common)
+    assert predicted["images"] == 2
+    engine = gen_trt_engine_flow(parent=run_id, precision="fp16", **common)
+    assert "engine_file" in engine or "TensorRT" in engine["skipped"]
+    trained = train_flow(parent="models:/synthetic@candidate", **{**common, "overrides": {
+        **first["overrides"], "train.num_epochs": 1}})
+    assert trained["epochs"] == 1 and trained["best"] is not None
+    c = MlflowClient(first["tracking_uri"])
+    runs = c.search_runs([c.get_experiment_by_name("oneformer").experiment_id], f"tags.parent = '{run_id}'")
+    assert {r.data.tags["action"] for r in runs} == {"export", "inference", "gen_trt_engine"}
+    with pytest.raises(CheckpointError, match="models:/synthetic@nope"):
+        evaluate_flow(parent="models:/synthetic@nope", **common)
 
 
 def open_study_for(results: Path, result: dict):  # noqa: ANN201 - an optuna Study

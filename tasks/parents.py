@@ -1,0 +1,77 @@
+"""Resolve an action's parent (MLflow run id, registered model alias/version, or path) to a local model file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from oneformer.data.staging import is_remote, stage
+from oneformer.errors import CheckpointError
+from tasks import tracking
+
+Kind = Literal["checkpoint", "onnx", "int8"]
+# Where the pipeline logs each kind in its MLflow run.
+RUN_ARTIFACTS = {"checkpoint": "checkpoint", "onnx": "export/model.onnx", "int8": "quantize/model.int8.onnx"}
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _pick(folder: Path, kind: Kind, parent: str) -> Path:
+    """The file of the wanted kind inside a downloaded artifact folder."""
+    if folder.is_file():
+        return folder
+    pattern = "*.pth" if kind == "checkpoint" else ("*.int8.onnx" if kind == "int8" else "*.onnx")
+    found = sorted(p for p in folder.rglob(pattern) if kind != "onnx" or not p.name.endswith(".int8.onnx"))
+    if not found:
+        raise CheckpointError(f"parent {parent}: no {kind} file ({pattern}) among its artifacts in {folder}")
+    return found[0]
+
+
+@task(name="resolve-parent", task_run_name="resolve {kind} from {parent}", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=5)
+def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str:
+    """A local file for `parent`: models:/name@alias or models:/name/version, an MLflow run id, or a path/URI."""
+    import mlflow
+
+    logger = get_run_logger()
+    c = tracking.client(tracking_uri)
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if parent.startswith("models:/"):
+            if kind == "int8":
+                mv = _model_version(c, parent)
+                local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=RUN_ARTIFACTS[kind],
+                                                                 dst_path=str(out), tracking_uri=tracking_uri))
+            else:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent, dst_path=str(out),
+                                                                 tracking_uri=tracking_uri))
+        elif RUN_ID.match(parent):
+            local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=RUN_ARTIFACTS[kind],
+                                                             dst_path=str(out), tracking_uri=tracking_uri))
+        else:
+            local = stage(parent, "parent") if is_remote(parent) or Path(parent).exists() else Path(parent)
+            if not local.exists():
+                raise CheckpointError(f"parent {parent}: no such file, MLflow run id or models:/ URI")
+            if local.is_dir() and kind == "checkpoint":
+                from oneformer.checkpoint import resolve
+
+                return str(resolve("best", local, "parent"))
+    except MlflowException as exc:
+        raise CheckpointError(f"parent {parent}: not found in MLflow at {tracking_uri} ({exc.message})") from None
+    path = _pick(local, kind, parent)
+    logger.info("parent %s -> %s", parent, path)
+    return str(path)
+
+
+def _model_version(c, uri: str):  # noqa: ANN001, ANN202 - MlflowClient, ModelVersion
+    """models:/name@alias or models:/name/version as a ModelVersion."""
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    if ref:
+        return c.get_model_version_by_alias(name, ref)
+    name, _, version = name.partition("/")
+    return c.get_model_version(name, version)
