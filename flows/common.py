@@ -23,6 +23,10 @@ from tasks.staging import load_s3_secret, stage_data
 def pipeline_spec(spec: str | None, overrides: dict[str, Any], results_dir: str | None, model_name: str | None,
                   n_trials: int | None) -> ExperimentSpec:
     """The spec file with the overrides and the flow's own parameters applied."""
+    for name, value in (("spec", spec), ("results_dir", results_dir)):
+        if value and "{{" in value:
+            raise ValueError(f"parameter {name}={value!r} holds an unresolved prefect.yaml placeholder: set the "
+                             f"environment variable it names before `prefect deploy`, or pass {name} to the run")
     values = dict(overrides)
     for key, value in (("results_dir", results_dir), ("model_name", model_name), ("automl.n_trials", n_trials)):
         if value is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # (spec key, source, file under the source URI), in TAO's table order. export and gen_trt_engine need no
 # dataset in TAO; ours compare the converted model with its source on real images, so they stage val images.
@@ -40,6 +40,14 @@ class DataSources(BaseModel):
                                                "images_panoptic.tar.gz")
     inference: str | None = Field(None, description="Folder with images.tar.gz to predict")
     calibration: str | None = Field(None, description="Folder with images.tar.gz for INT8 calibration")
+
+    @field_validator("train", "eval", "inference", "calibration")
+    @classmethod
+    def _resolved(cls, v: str | None) -> str | None:
+        if v is not None and "{{" in v:
+            raise ValueError(f"{v!r} holds an unresolved prefect.yaml placeholder: set the environment variable "
+                             f"it names before `prefect deploy`, or give the URI in the run's parameters")
+        return v or None
 
 
 def join(prefix: str, name: str) -> str:
