@@ -46,13 +46,14 @@ def sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
 
 
 def pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
-    """automl.pruner over per-epoch validation mIoU; the first quarter of the epochs is never pruned."""
+    """automl.pruner over per-epoch validation mIoU; the first quarter of the epochs and the first two trials
+    are never pruned (a median of one trial prunes on noise)."""
     epochs = spec.train.num_epochs
     warmup = max(1, epochs // 4)
     if spec.automl.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs, reduction_factor=3)
     if spec.automl.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=warmup)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
     return optuna.pruners.NopPruner()
 
 

@@ -71,3 +71,13 @@ def s3(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a boto3 S3 client
     yield client
     server.stop()
 
+
+
+@pytest.fixture(scope="session")
+def prefect_api():  # noqa: ANN201
+    """Prefect's test harness (a temporary API and database); about 10 s to start, so once per session."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

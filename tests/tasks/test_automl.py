@@ -1,0 +1,49 @@
+"""An Optuna study over real training runs: pruning, a failed trial that does not stop the study, selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from oneformer.checkpoint import best_entry, read_index
+from oneformer.spec import load_spec
+from tasks import tracking
+from tasks.automl import best_trial, open_study, rdb_storage, run_study
+
+pytestmark = pytest.mark.slow
+GOOD = {"train.optim.backbone_multiplier": 1.0, "train.optim.weight_decay": 1e-4, "model.one_former.hidden_dim": 64}
+
+
+@flow
+def study_flow(spec, uri: str) -> list[dict]:  # noqa: ANN001
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c, "automl-test", Path(spec.results_dir) / "mlartifacts")
+    study = run_study(spec, uri, exp, tracking.start_run(c, exp, "parent"))
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "attrs": t.user_attrs} for t in study.trials]
+
+
+def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(prefect_api, synth: Path,  # noqa: ANN001
+                                                                             tmp_path: Path) -> None:
+    spec = load_spec(synth, {
+        "results_dir": str(tmp_path), "train.num_epochs": 6, "automl.n_trials": 4,
+        "automl.pruner": "median", "automl.study_name": "prune-test",
+        "automl.search_space": {"train.optim.lr": {"min": 1e-6, "max": 1e-2},
+                                "model.one_former.hidden_dim": {"choices": [64, 66]}}})
+    study = open_study(spec, "prune-test", rdb_storage(spec))
+    for lr, hidden in ((1e-3, 64), (2e-3, 64), (1e-6, 64), (1e-3, 66)):  # good, good, hopeless, broken model
+        study.enqueue_trial({**GOOD, "train.optim.lr": lr, "model.one_former.hidden_dim": hidden})
+
+    trials = study_flow(spec, f"sqlite:///{tmp_path}/mlflow.db")
+
+    states = [t["state"] for t in trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"], trials
+    assert trials[2]["attrs"]["epochs"] < 6  # stopped early: the point of pruning
+    assert "hidden_dim" in trials[3]["attrs"]["error"] or "divisible" in trials[3]["attrs"]["error"]
+    best = best_trial(open_study(spec, "prune-test", rdb_storage(spec)))
+    assert best.number in (0, 1) and best.value == max(t["value"] for t in trials[:2])
+    hopeless = max(open_study(spec, "prune-test", rdb_storage(spec)).trials[2].intermediate_values.values())
+    assert best.value > 0.1 and best.value > hopeless + 0.05  # the good trials learned; lr=1e-6 did not
+    train_dir = Path(best.user_attrs["results_dir"]) / "train"
+    assert best.user_attrs["checkpoint"] == best_entry(read_index(train_dir))["path"]  # by metric, not "latest"
