@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import queue
 import shutil
 import tarfile
 import tempfile
+import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 
@@ -87,37 +93,119 @@ def unwrap(folder: Path) -> Path:
             return folder
 
 
-def extract(archive: Path, key: str) -> Path:
-    """Extract a tarball once into the cache (member paths and links may not escape the target)."""
+class Prefetch(io.RawIOBase):
+    """A read-only stream that fetches (and gunzips) the next chunks in a thread, so download, decompression
+    and extraction overlap on separate cores, as `tar xzf` does with its gzip process."""
+
+    def __init__(self, source: BinaryIO, gunzip: bool = False, chunk: int = 4 * 2**20, depth: int = 8) -> None:
+        self.source, self.chunk = source, chunk
+        self.gunzip = zlib.decompressobj(wbits=31) if gunzip else None  # zlib releases the GIL while inflating
+        self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self.buffer, self.done = memoryview(b""), False
+        threading.Thread(target=self._fill, daemon=True).start()
+
+    def _fill(self) -> None:
+        try:
+            while data := self.source.read(self.chunk):
+                if self.gunzip is not None:
+                    data = self.gunzip.decompress(data)
+                    while self.gunzip.unused_data:  # a multi-member gzip file
+                        rest, self.gunzip = self.gunzip.unused_data, zlib.decompressobj(wbits=31)
+                        data += self.gunzip.decompress(rest)
+                if data:
+                    self.queue.put(data)
+            if self.gunzip is not None:
+                if not self.gunzip.eof:
+                    raise EOFError("the gzip stream ended early (truncated archive)")
+                if tail := self.gunzip.flush():
+                    self.queue.put(tail)
+            self.queue.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
+            self.queue.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self.buffer:
+            if self.done:
+                return 0
+            item = self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                self.done = True
+                return 0
+            self.buffer = memoryview(item)
+        n = min(len(b), len(self.buffer))
+        b[:n] = self.buffer[:n]
+        self.buffer = self.buffer[n:]
+        return n
+
+
+def _extract_once(key: str, label: str, open_tar: Callable[[], tarfile.TarFile]) -> Path:
+    """Extract into the cache under `key` once (member paths and links may not escape the target)."""
     dest = cache_root() / key
-    done = dest / ".complete"
-    if done.exists():
-        log.info("staging: reusing %s extracted at %s", archive.name, dest)
+    if (dest / ".complete").exists():
+        log.info("staging: reusing %s extracted at %s", label, dest)
         return unwrap(dest / "data")
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root()))
     try:
-        log.info("staging: extracting %s", archive)
-        with tarfile.open(archive) as tar:
+        log.info("staging: extracting %s", label)
+        with open_tar() as tar:
             tar.extractall(tmp / "data", filter="data")
-        (tmp / ".complete").write_text(archive.name)
+        (tmp / ".complete").write_text(label)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"cannot extract {archive}: {exc}") from exc
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot extract {label}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return unwrap(dest / "data")
 
 
-def download(uri: str, what: str = "data path") -> Path:
-    """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
+def extract(archive: Path, key: str) -> Path:
+    """A local tarball extracted once into the cache."""
+    return _extract_once(key, str(archive), lambda: tarfile.open(archive))
+
+
+def _remote(uri: str, what: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    """The filesystem, path and content fingerprint of a remote object; missing is a clear error."""
     fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
     try:
-        key = _fingerprint_remote(fs, path)
+        return fs, path, _fingerprint_remote(fs, path)
     except FileNotFoundError:
         raise DataError(f"{what}: {uri} does not exist (check the URI, or the bucket and prefix it names)") from None
+
+
+def stream_extract(uri: str, what: str = "data path") -> Path:
+    """A remote tarball extracted while it downloads (no archive copy on disk), keyed by its ETag."""
+    fs, path, key = _remote(uri, what)
+    key = "x" + key
+
+    def open_tar() -> tarfile.TarFile:
+        if not (cache_root() / key / ".complete").exists():
+            log.info("staging: downloading %s", uri)
+        raw = fs.open(path, "rb", block_size=32 * 2**20, cache_type="none")
+        gz = path.lower().endswith((".gz", ".tgz"))
+        stream = io.BufferedReader(Prefetch(raw, gunzip=gz), buffer_size=2**20)
+        tar = tarfile.open(fileobj=stream, mode="r|" if gz else "r|*")
+        closing = tar.close
+
+        def close() -> None:
+            closing()
+            raw.close()
+
+        tar.close = close  # type: ignore[method-assign]
+        return tar
+
+    return _extract_once(key, uri, open_tar)
+
+
+def download(uri: str, what: str = "data path") -> Path:
+    """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
+    fs, path, key = _remote(uri, what)
     target = cache_root() / "objects" / key / Path(path).name
     if target.exists():
         log.info("staging: reusing %s (unchanged)", uri)
@@ -137,8 +225,7 @@ def stage(uri: str | os.PathLike | None, what: str = "data path") -> Path:
     text = str(uri)
     cache_root().mkdir(parents=True, exist_ok=True)
     if is_remote(text):
-        local = download(text, what)
-        return extract(local, "x" + local.parent.name) if is_archive(local.name) else local
+        return stream_extract(text, what) if is_archive(text) else download(text, what)
     local = Path(text.removeprefix("file://")).expanduser()
     if not local.exists():
         raise DataError(f"{what}: {local} does not exist")
