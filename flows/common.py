@@ -12,11 +12,10 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
-from flows.params import Tracking
+from flows.params import ActionInputs
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec
 from tasks import tracking
 from tasks.actions import with_values
-from tasks.sources import DataSources
 from tasks.staging import load_s3_secret, stage_data
 
 
@@ -48,21 +47,19 @@ class ActionRun:
 
 
 @contextmanager
-def action_run(action: str, parent: str | None, spec: str | None, overrides: dict[str, Any], sources: DataSources,
-               results_dir: str | None, tracking_config: Tracking, s3_secret_block: str | None = None
-               ) -> Iterator[ActionRun]:
+def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[ActionRun]:
     """Stage the action's data, open an MLflow run tagged with the parent, and close it FINISHED or FAILED."""
     logger = get_run_logger()
-    load_s3_secret(s3_secret_block)
-    base = pipeline_spec(spec, overrides, results_dir, None, None)
+    load_s3_secret(inputs.s3_secret_block)
+    base = pipeline_spec(inputs.spec, inputs.overrides, inputs.results_dir, None, None)
     results = Path(base.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    resolved = with_values(base, {**stage_data(action, sources), "results_dir": str(results)})
+    resolved = with_values(base, {**stage_data(action, inputs.sources), "results_dir": str(results)})
     spec_file = results / f"{action}.spec.yaml"
     spec_file.write_text(dump_spec(resolved))
-    uri = tracking.tracking_uri(tracking_config.tracking_uri, results)
+    uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
     c = tracking.client(uri)
-    exp = tracking.experiment_id(c, tracking_config.experiment, results / "mlartifacts")
+    exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
     run = tracking.start_run(c, exp, f"{action}-{runtime.flow_run.name or 'local'}", tags={
         "action": action, "parent": parent or "", "prefect.flow_run_id": str(runtime.flow_run.id or "local")})
     tracking.log_spec(c, run, resolved, spec_file)

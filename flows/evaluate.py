@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -19,19 +18,13 @@ def evaluate_flow(
     parent: Annotated[str, PARENT],
     model_kind: Annotated[Literal["checkpoint", "onnx", "int8"], Field(description="Which file of the parent")]
     = "checkpoint",
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Evaluate the parent's model; metrics go to Prefect and to a new MLflow run tagged with the parent."""
     from tasks.actions import evaluate
     from tasks.parents import resolve_parent
 
-    with action_run("evaluate", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("evaluate", parent, inputs) as ctx:
         model = resolve_parent(parent, model_kind, ctx.uri, str(ctx.results / "parent"))
         metrics = evaluate(ctx.spec, model)
         out = ctx.spec.action_dir("evaluate")
@@ -43,4 +36,4 @@ def evaluate_flow(
 if __name__ == "__main__":
     import sys
 
-    print(evaluate_flow(parent=sys.argv[1], spec=sys.argv[2] if len(sys.argv) > 2 else None))
+    print(evaluate_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))

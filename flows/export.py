@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -17,19 +16,13 @@ PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<na
 @flow(name="oneformer-export")
 def export_flow(
     parent: Annotated[str, PARENT],
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Export; the ONNX file and its report are logged to MLflow."""
     from tasks.actions import export
     from tasks.parents import resolve_parent
 
-    with action_run("export", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("export", parent, inputs) as ctx:
         checkpoint = resolve_parent(parent, "checkpoint", ctx.uri, str(ctx.results / "parent"))
         onnx_file = ctx.spec.export.onnx_file or str(ctx.spec.action_dir("export") / "model.onnx")
         report = export(ctx.spec, checkpoint, onnx_file)
@@ -42,4 +35,4 @@ def export_flow(
 if __name__ == "__main__":
     import sys
 
-    print(export_flow(parent=sys.argv[1], spec=sys.argv[2] if len(sys.argv) > 2 else None))
+    print(export_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))

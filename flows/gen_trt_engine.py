@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -18,19 +17,13 @@ PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<na
 def gen_trt_engine_flow(
     parent: Annotated[str, PARENT],
     precision: Literal["fp32", "fp16", "int8"] = "fp16",
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Build the engine where TensorRT and CUDA are present; otherwise finish with the reason it was skipped."""
     from tasks.actions import gen_trt_engine
     from tasks.parents import resolve_parent
 
-    with action_run("gen_trt_engine", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("gen_trt_engine", parent, inputs) as ctx:
         onnx_file = resolve_parent(parent, "int8" if precision == "int8" else "onnx", ctx.uri,
                                    str(ctx.results / "parent"))
         report = gen_trt_engine(ctx.spec, onnx_file, precision)
@@ -44,4 +37,4 @@ def gen_trt_engine_flow(
 if __name__ == "__main__":
     import sys
 
-    print(gen_trt_engine_flow(parent=sys.argv[1], spec=sys.argv[2] if len(sys.argv) > 2 else None))
+    print(gen_trt_engine_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))

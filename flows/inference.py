@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -19,19 +18,13 @@ def inference_flow(
     parent: Annotated[str, PARENT],
     model_kind: Annotated[Literal["checkpoint", "onnx", "int8"], Field(description="Which file of the parent")]
     = "checkpoint",
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Predict every inference image; overlays and prediction files are logged to MLflow."""
     from tasks.actions import inference
     from tasks.parents import resolve_parent
 
-    with action_run("inference", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("inference", parent, inputs) as ctx:
         model = resolve_parent(parent, model_kind, ctx.uri, str(ctx.results / "parent"))
         result = inference(ctx.spec, model)
         ctx.client.log_artifacts(ctx.run, result["results_dir"], "inference")
@@ -42,4 +35,4 @@ def inference_flow(
 if __name__ == "__main__":
     import sys
 
-    print(inference_flow(parent=sys.argv[1], spec=sys.argv[2] if len(sys.argv) > 2 else None))
+    print(inference_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.sources import DataSources
 
 
 class Stages(BaseModel):
@@ -30,3 +32,16 @@ class Tracking(BaseModel):
 
 
 TrtPrecision = Literal["fp32", "fp16", "int8"]
+
+
+class ActionInputs(BaseModel):
+    """What every action flow reads besides its parent: the spec, the data, where results and runs go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str | None = Field(None, description="Experiment spec YAML (TAO keys); embedded defaults when empty")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted spec keys, e.g. evaluate.batch_size")
+    sources: DataSources = Field(default_factory=DataSources, description="Dataset URIs in TAO's bucket layout")
+    results_dir: str | None = Field(None, description="Default: the spec's results_dir")
+    tracking_config: Tracking = Field(default_factory=Tracking)
+    s3_secret_block: str | None = Field(None, description="Prefect Secret block with S3 settings (JSON)")

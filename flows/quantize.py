@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -20,19 +19,13 @@ def quantize_flow(
     model_kind: Annotated[Literal["checkpoint", "onnx"], Field(description="Quantize the parent's ONNX file, "
                                                                            "or export its checkpoint first")]
     = "onnx",
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Quantize; the INT8 file and its report (agreement, mIoU FP32 vs INT8) are logged to MLflow."""
     from tasks.actions import quantize
     from tasks.parents import resolve_parent
 
-    with action_run("quantize", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("quantize", parent, inputs) as ctx:
         source = resolve_parent(parent, model_kind, ctx.uri, str(ctx.results / "parent"))
         int8 = ctx.spec.quantize.onnx_file or str(ctx.spec.action_dir("quantize") / "model.int8.onnx")
         report = quantize(ctx.spec, source, int8)
@@ -46,4 +39,4 @@ def quantize_flow(
 if __name__ == "__main__":
     import sys
 
-    print(quantize_flow(parent=sys.argv[1], spec=sys.argv[2] if len(sys.argv) > 2 else None))
+    print(quantize_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow
 from pydantic import Field
 
 from flows.common import action_run
-from flows.params import Tracking
-from tasks.sources import DataSources
+from flows.params import ActionInputs
 
 PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
 
@@ -18,19 +17,13 @@ PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<na
 def train_flow(
     parent: Annotated[str | None, Field(description="Optional: initialize from this model (MLflow run id, "
                                                      "models:/ URI or path)")] = None,
-    spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys)")] = None,
-    overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys")] = {},  # noqa: B006
-    sources: DataSources = DataSources(),
-    results_dir: str | None = None,
-    tracking_config: Tracking = Tracking(),
-    s3_secret_block: str | None = None,
+    inputs: ActionInputs = ActionInputs(),
 ) -> dict:
     """Train with the spec's values; per-epoch metrics and the best checkpoint go to MLflow."""
     from tasks.parents import resolve_parent
     from tasks.training import train_once
 
-    with action_run("train", parent, spec, overrides, sources, results_dir, tracking_config,
-                    s3_secret_block) as ctx:
+    with action_run("train", parent, inputs) as ctx:
         run_spec = ctx.spec
         if parent:
             from tasks.actions import with_values
@@ -48,4 +41,4 @@ def train_flow(
 if __name__ == "__main__":
     import sys
 
-    print(train_flow(spec=sys.argv[1] if len(sys.argv) > 1 else None))
+    print(train_flow(inputs=ActionInputs(spec=sys.argv[1] if len(sys.argv) > 1 else None)))

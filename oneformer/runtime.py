@@ -157,6 +157,7 @@ class OnnxPredictor:
             raise CheckpointError(f"ONNX file {self.path} does not exist")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # QDQ -> QLinear/IntegerToFloat
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in meta:

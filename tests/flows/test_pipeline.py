@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from flows.params import Tracking
+from flows.params import ActionInputs, Tracking
 from flows.pipeline import pipeline
 from tasks.automl import open_study, rdb_storage
 from tasks.sources import DataSources
@@ -146,8 +146,10 @@ def test_action_flows_take_a_run_id_or_a_registered_model_as_parent(first: dict,
     from flows.train import train_flow
     from oneformer.errors import CheckpointError
 
-    common = {"spec": "specs/smoke.yaml", "overrides": first["overrides"], "sources": bucket,
-              "results_dir": str(tmp_path / "actions"), "tracking_config": Tracking(tracking_uri=first["tracking_uri"])}
+    inputs = ActionInputs(spec="specs/smoke.yaml", overrides=first["overrides"], sources=bucket,
+                          results_dir=str(tmp_path / "actions"),
+                          tracking_config=Tracking(tracking_uri=first["tracking_uri"]))
+    common = {"inputs": inputs}
     run_id = first["mlflow_run_id"]
 
     exported = export_flow(parent=run_id, **common)
@@ -160,8 +162,8 @@ def test_action_flows_take_a_run_id_or_a_registered_model_as_parent(first: dict,
     assert predicted["images"] == 2
     engine = gen_trt_engine_flow(parent=run_id, precision="fp16", **common)
     assert "engine_file" in engine or "TensorRT" in engine["skipped"]
-    trained = train_flow(parent="models:/synthetic@candidate", **{**common, "overrides": {
-        **first["overrides"], "train.num_epochs": 1}})
+    one_epoch = inputs.model_copy(update={"overrides": {**first["overrides"], "train.num_epochs": 1}})
+    trained = train_flow(parent="models:/synthetic@candidate", inputs=one_epoch)
     assert trained["epochs"] == 1 and trained["best"] is not None
     c = MlflowClient(first["tracking_uri"])
     runs = c.search_runs([c.get_experiment_by_name("oneformer").experiment_id], f"tags.parent = '{run_id}'")
