@@ -80,7 +80,7 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
-        while not self.stop.wait(0 if not self.thread.ident else HEARTBEAT_S):
+        while not self.stop.wait(HEARTBEAT_S):
             self.storage.record_heartbeat(self.trial_id)
 
     def __enter__(self) -> Heartbeat:

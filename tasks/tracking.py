@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,6 @@ def log_spec(c: MlflowClient, run: str, spec: ExperimentSpec, path: Path) -> Non
 
 def log_metrics(c: MlflowClient, run: str, metrics: dict[str, Any], prefix: str = "", step: int = 0) -> None:
     """Numeric entries of a metrics dict, flattened with a prefix."""
-    import time
-
     now = int(time.time() * 1000)
     rows = [Metric(prefix + k, float(v), now, step) for k, v in flatten(metrics).items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
