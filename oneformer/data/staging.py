@@ -62,8 +62,8 @@ def _digest_file(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def _fingerprint_remote(fs: fsspec.AbstractFileSystem, uri: str) -> str:
-    info = fs.info(uri)
+def _fingerprint_remote(fs: fsspec.AbstractFileSystem, uri: str, info: dict | None = None) -> str:
+    info = info or fs.info(uri)
     tag = info.get("ETag") or info.get("etag") or info.get("md5") or ""
     raw = f"{uri}|{tag}|{info.get('size')}|{info.get('LastModified', info.get('mtime', ''))}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
@@ -97,7 +97,7 @@ class Prefetch(io.RawIOBase):
     """A read-only stream that fetches (and gunzips) the next chunks in a thread, so download, decompression
     and extraction overlap on separate cores, as `tar xzf` does with its gzip process."""
 
-    def __init__(self, source: BinaryIO, gunzip: bool = False, chunk: int = 4 * 2**20, depth: int = 8) -> None:
+    def __init__(self, source: BinaryIO, gunzip: bool = False, chunk: int = 8 * 2**20, depth: int = 8) -> None:
         self.source, self.chunk = source, chunk
         self.gunzip = zlib.decompressobj(wbits=31) if gunzip else None  # zlib releases the GIL while inflating
         self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
@@ -170,24 +170,24 @@ def extract(archive: Path, key: str) -> Path:
     return _extract_once(key, str(archive), lambda: tarfile.open(archive))
 
 
-def _remote(uri: str, what: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
-    """The filesystem, path and content fingerprint of a remote object; missing is a clear error."""
+def _remote(uri: str, what: str) -> tuple[fsspec.AbstractFileSystem, str, dict]:
+    """The filesystem, path and metadata (one HEAD) of a remote object; missing is a clear error."""
     fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
     try:
-        return fs, path, _fingerprint_remote(fs, path)
+        return fs, path, fs.info(path)
     except FileNotFoundError:
         raise DataError(f"{what}: {uri} does not exist (check the URI, or the bucket and prefix it names)") from None
 
 
 def stream_extract(uri: str, what: str = "data path") -> Path:
     """A remote tarball extracted while it downloads (no archive copy on disk), keyed by its ETag."""
-    fs, path, key = _remote(uri, what)
-    key = "x" + key
+    fs, path, info = _remote(uri, what)
+    key = "x" + _fingerprint_remote(fs, path, info)
 
     def open_tar() -> tarfile.TarFile:
         if not (cache_root() / key / ".complete").exists():
             log.info("staging: downloading %s", uri)
-        raw = fs.open(path, "rb", block_size=32 * 2**20, cache_type="none")
+        raw = fs.open(path, "rb", block_size=32 * 2**20, cache_type="none", size=info["size"])  # no second HEAD
         gz = path.lower().endswith((".gz", ".tgz"))
         stream = io.BufferedReader(Prefetch(raw, gunzip=gz), buffer_size=2**20)
         tar = tarfile.open(fileobj=stream, mode="r|" if gz else "r|*")
@@ -205,7 +205,8 @@ def stream_extract(uri: str, what: str = "data path") -> Path:
 
 def download(uri: str, what: str = "data path") -> Path:
     """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
-    fs, path, key = _remote(uri, what)
+    fs, path, info = _remote(uri, what)
+    key = _fingerprint_remote(fs, path, info)
     target = cache_root() / "objects" / key / Path(path).name
     if target.exists():
         log.info("staging: reusing %s (unchanged)", uri)
@@ -213,7 +214,10 @@ def download(uri: str, what: str = "data path") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     log.info("staging: downloading %s", uri)
-    fs.get_file(path, str(part))
+    if info.get("size", 0) <= 32 * 2**20:
+        part.write_bytes(fs.cat_file(path))  # one GET; get_file asks for the object's details again first
+    else:
+        fs.get_file(path, str(part))
     part.rename(target)
     return target
 
