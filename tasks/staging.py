@@ -71,9 +71,8 @@ def data_digest(action: str, sources: DataSources) -> dict[str, str]:
 
     parts = {key: fingerprint(uri) for key, uri in sorted(required(action, sources).items())}
     out = {"all": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]}
+    source_of = {key: source for key, source, _ in REQUIREMENTS[action]}
     for source in ("train", "eval", "inference", "calibration"):
-        mine = [d for k, d in parts.items() if any(k == key and s == source
-                                                   for key, s, _ in REQUIREMENTS[action])]
-        if mine:
+        if mine := [d for k, d in parts.items() if source_of[k] == source]:
             out[source] = hashlib.sha256("|".join(mine).encode()).hexdigest()[:20]
     return out
