@@ -20,7 +20,7 @@ from prefect import flow
 from oneformer.data.synth import generate
 from oneformer.spec import load_spec
 from tasks import tracking
-from tasks.automl import open_study, rdb_storage, run_study
+from tasks.automl import open_study, rdb_storage, run_study, study_name
 from tasks.search_space import search_space
 
 
@@ -28,7 +28,7 @@ from tasks.search_space import search_space
 def study(spec, name: str, trials: list[dict], uri: str) -> dict:  # noqa: ANN001
     """Enqueue the trials, run the study, and summarize it."""
     storage = rdb_storage(spec)
-    s = open_study(spec, name, storage)
+    s = open_study(spec, study_name(spec), storage)  # the study run_study continues
     for params in trials:
         s.enqueue_trial(params)
     c = tracking.client(uri)
@@ -40,7 +40,9 @@ def study(spec, name: str, trials: list[dict], uri: str) -> dict:  # noqa: ANN00
             "seconds": round(time.monotonic() - t0, 1),
             "trials": [{"number": t.number, "state": t.state.name, "epochs": t.user_attrs.get("epochs"),
                         "mIoU": t.value if t.value is not None else max(t.intermediate_values.values(), default=None),
-                        "lr": t.params["train.optim.lr"]} for t in s.trials]}
+                        "lr": t.params["train.optim.lr"],
+                        "curve": [round(t.intermediate_values[k], 4) for k in sorted(t.intermediate_values)]}
+                       for t in s.trials]}
 
 
 def main() -> None:

@@ -34,11 +34,10 @@ def baseline(client, objects: list[tuple[str, str]], out: Path) -> None:  # noqa
 
 
 def ours(objects: list[tuple[str, str]]) -> None:
-    """The train action's staging, as the pipeline runs it."""
-    from oneformer.data.staging import stage
+    """The train action's staging, as the pipeline's stage-data task runs it."""
+    from oneformer.data.staging import stage_all
 
-    for key, spec_key in objects:
-        stage(f"s3://data/{key}", spec_key)
+    stage_all({spec_key: f"s3://data/{key}" for key, spec_key in objects})
 
 
 def main() -> None:

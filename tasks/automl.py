@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 import warnings
@@ -12,6 +13,8 @@ import optuna
 from optuna.trial import TrialState
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from oneformer.spec import ExperimentSpec, apply_overrides, build_spec
 from tasks import tracking
@@ -30,10 +33,26 @@ HEARTBEAT_S = 30
 def storage_url(spec: ExperimentSpec) -> str:
     """automl.storage, else SQLite in <results_dir>/automl."""
     if spec.automl.storage:
-        return spec.automl.storage
+        return with_driver(spec.automl.storage)
     folder = (Path(spec.results_dir) / "automl").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder}/optuna.db"
+
+
+def with_driver(url: str) -> str:
+    """A bare postgresql:// means psycopg2 to SQLAlchemy; we ship psycopg 3, so name it unless psycopg2 is there."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None:
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def shown(url: str) -> str:
+    """The storage URL with any password masked, for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
 
 
 def sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
@@ -59,8 +78,14 @@ def pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
 
 def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
     """The study's RDB storage, with heartbeats so trials of a killed process can be told apart."""
-    return optuna.storages.RDBStorage(storage_url(spec), heartbeat_interval=HEARTBEAT_S,
-                                      grace_period=4 * HEARTBEAT_S)
+    url = storage_url(spec)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise RuntimeError(f"automl.storage: cannot open the Optuna study database {shown(url)}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Check the URL, that the server "
+                           f"is up and the database exists (a SQLAlchemy URL such as "
+                           f"postgresql://user:password@host:5432/optuna)") from exc
 
 
 def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -163,7 +188,7 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
     done = [t for t in study.trials if t.state in FINISHED]
     remaining = spec.automl.n_trials - len(done)
     logger.info("study %r in %s: %d trials finished, %d to run; searching %s", study.study_name,
-                storage_url(spec).split("@")[-1], len(done), max(remaining, 0), ", ".join(space))
+                shown(storage_url(spec)), len(done), max(remaining, 0), ", ".join(space))
     t0 = time.monotonic()
     while remaining > 0:
         if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:

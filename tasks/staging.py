@@ -8,7 +8,7 @@ import os
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from oneformer.data.staging import stage
+from oneformer.data.staging import stage_all
 from oneformer.errors import OneFormerError
 from tasks.sources import REQUIREMENTS, DataSources, required
 
@@ -52,11 +52,12 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
       retry_condition_fn=transient)
 def stage_data(action: str, sources: DataSources) -> dict[str, str]:
-    """Local paths for every file `action` needs (spec key -> path); unchanged objects reuse the staged copy."""
+    """Local paths for every file `action` needs (spec key -> path), staged side by side; unchanged objects reuse
+    the staged copy."""
     logger = get_run_logger()
-    out = {}
-    for key, uri in required(action, sources).items():
-        out[key] = str(stage(uri, key))
+    uris = required(action, sources)
+    out = {key: str(path) for key, path in stage_all(uris).items()}
+    for key, uri in uris.items():
         logger.info("%s: %s -> %s", key, uri, out[key])
     return out
 

@@ -236,3 +236,14 @@ def stage(uri: str | os.PathLike | None, what: str = "data path") -> Path:
     if local.is_file() and is_archive(local.name):
         return extract(local, _digest_file(local))
     return local
+
+
+def stage_all(uris: dict[str, str], workers: int = 4) -> dict[str, Path]:
+    """Stage several data paths at once (spec key -> URI): objects download and extract side by side, and a URI
+    named by two keys is staged once. The first error is raised after the others finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first_key = {uri: key for key, uri in reversed(list(uris.items()))}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(first_key))), thread_name_prefix="stage") as pool:
+        staged = {uri: pool.submit(stage, uri, key) for uri, key in first_key.items()}
+        return {key: staged[uri].result() for key, uri in uris.items()}

@@ -47,3 +47,42 @@ def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(pref
     assert best.value > 0.1 and best.value > hopeless + 0.05  # the good trials learned; lr=1e-6 did not
     train_dir = Path(best.user_attrs["results_dir"]) / "train"
     assert best.user_attrs["checkpoint"] == best_entry(read_index(train_dir))["path"]  # by metric, not "latest"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_parallel_trials_share_one_study_and_a_rerun_continues_it(backend: str, request: pytest.FixtureRequest,
+                                                                   prefect_api, small_synth: Path,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    import optuna
+    from mlflow import MlflowClient
+
+    overrides = {"results_dir": str(tmp_path), "train.num_epochs": 2, "automl.n_trials": 2, "automl.n_jobs": 2,
+                 "automl.pruner": "none", "automl.sampler": "random", "automl.study_name": f"parallel-{backend}"}
+    if backend == "postgresql":
+        overrides["automl.storage"] = request.getfixturevalue("postgres_url")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    first = study_flow(load_spec(small_synth, overrides), uri)
+
+    assert [t["state"] for t in first] == ["COMPLETE", "COMPLETE"], first
+    folders = {t["attrs"]["results_dir"] for t in first}
+    assert len(folders) == 2 and all(Path(t["attrs"]["checkpoint"]).is_file() for t in first)
+    runs = MlflowClient(uri).search_runs([tracking.experiment_id(MlflowClient(uri), "automl-test", None)])
+    (a, b) = sorted((r for r in runs if "optuna.trial" in r.data.tags), key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # the second trial started before the first ended: in parallel
+
+    spec = load_spec(small_synth, {**overrides, "automl.n_trials": 3})
+    again = study_flow(spec, uri)  # a bigger budget continues the same study
+
+    assert len(again) == 3 and again[:2] == first and again[2]["state"] == "COMPLETE"
+    if backend == "postgresql":  # the study lives in the server, where another machine's worker would find it
+        url = overrides["automl.storage"].replace("postgresql://", "postgresql+psycopg://")
+        assert len(optuna.load_study(study_name="parallel-postgresql", storage=url).trials) == 3
+        assert not (tmp_path / "automl" / "optuna.db").exists()
+
+
+def test_unreachable_study_database_is_a_clear_error_without_the_password(small_synth: Path, tmp_path: Path) -> None:
+    spec = load_spec(small_synth, {"results_dir": str(tmp_path), "automl.storage": "postgresql://u:s3cr3t@127.0.0.1:1/x"})
+    with pytest.raises(RuntimeError, match=r"automl.storage: cannot open .*u:\*\*\*@127.0.0.1:1/x") as err:
+        rdb_storage(spec)
+    assert "s3cr3t" not in str(err.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oneformer.data.staging import stage
+from oneformer.data.staging import stage, stage_all
 from oneformer.errors import DataError
 
 
@@ -74,3 +74,20 @@ def test_s3_archive_staged_and_reused_until_changed(s3, tmp_path: Path, monkeypa
     assert (stage("s3://data/train/images.tar.gz") / "a.jpg").read_bytes() == b"changed"
     with pytest.raises(DataError, match="s3://data/train/missing.json does not exist"):
         stage("s3://data/train/missing.json")
+
+
+def test_stage_all_stages_side_by_side_once_per_object(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    for n in range(3):
+        s3.upload_file(str(_tar(tmp_path / f"{n}.tar.gz", {f"images/{n}.jpg": bytes([n])})), "data", f"{n}.tar.gz")
+    s3.put_object(Bucket="data", Key="ann.json", Body=b"{}")
+    uris = {f"split{n}.images": f"s3://data/{n}.tar.gz" for n in range(3)}
+    uris.update({"train.annotations": "s3://data/ann.json", "val.annotations": "s3://data/ann.json"})
+
+    staged = stage_all(uris)
+
+    assert [(staged[f"split{n}.images"] / f"{n}.jpg").read_bytes() for n in range(3)] == [b"\x00", b"\x01", b"\x02"]
+    assert staged["train.annotations"] == staged["val.annotations"] and staged["val.annotations"].read_bytes() == b"{}"
+    uris["val.images"] = "s3://data/missing.tar.gz"
+    with pytest.raises(DataError, match="val.images: s3://data/missing.tar.gz does not exist"):
+        stage_all(uris)
