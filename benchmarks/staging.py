@@ -42,9 +42,9 @@ def ours(objects: list[tuple[str, str]]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=600, help="training images (the eval split gets a quarter)")
+    p.add_argument("--images", type=int, default=1600, help="training images (the eval split gets a quarter)")
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out", default="benchmarks/results/staging.json")
     a = p.parse_args()
 

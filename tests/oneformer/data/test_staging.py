@@ -51,6 +51,21 @@ def test_absolute_member_lands_inside_target(tmp_path: Path, monkeypatch: pytest
     assert (staged / "escape.txt").exists() and not Path("/abs/escape.txt").exists()
 
 
+def test_a_name_repeated_in_an_archive_keeps_its_last_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    members = {f"images/{n:04d}.png": n.to_bytes(2, "big") * 500 for n in range(600)}
+    arc = tmp_path / "many.tar"
+    with tarfile.open(arc, "w") as t:
+        for name, data in [*members.items(), ("images/0001.png", b"last")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    staged = stage(arc)
+    assert sorted(p.name for p in staged.iterdir()) == sorted(Path(n).name for n in members)
+    assert (staged / "0001.png").read_bytes() == b"last"
+    assert all((staged / Path(n).name).read_bytes() == d for n, d in members.items() if not n.endswith("0001.png"))
+
+
 def test_link_out_of_target_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
     arc = _tar(tmp_path / "link.tar.gz", {"ok.txt": b"x"}, link=("out", "/etc/passwd"))
