@@ -92,6 +92,24 @@ def best_entry(entries: list[dict], metric: str = "mIoU") -> dict | None:
     return max(scored, key=lambda e: (e["metrics"][metric], e["step"])) if scored else None
 
 
+def keep_best_and_latest(train_dir: Path, metric: str = "mIoU") -> int:
+    """Delete a finished run's other epoch checkpoints (an AutoML study would otherwise keep one per epoch per
+    trial); the index keeps their metrics. Returns the bytes freed."""
+    train_dir = Path(train_dir)
+    entries = read_index(train_dir)
+    best = best_entry(entries, metric)
+    keep = {Path(best["path"]).resolve()} if best else set()
+    if (train_dir / LATEST).exists():
+        keep.add((train_dir / LATEST).resolve())
+    freed = 0
+    for e in entries:
+        path = Path(e["path"])
+        if path.is_file() and path.resolve() not in keep:
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
+
+
 def resolve(value: str | None, train_dir: Path, key: str) -> Path:
     """An exact checkpoint path, or 'best' (by validation mIoU) / 'latest' from a train folder."""
     value = (value or "best").strip()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from oneformer.checkpoint import best_entry, read_index
+from oneformer.checkpoint import LATEST, best_entry, read_index
 from oneformer.spec import load_spec
 from tasks import tracking
-from tasks.automl import best_trial, open_study, rdb_storage, run_study
+from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study
 
 pytestmark = pytest.mark.slow
 GOOD = {"train.optim.backbone_multiplier": 1.0, "train.optim.weight_decay": 1e-4, "model.one_former.hidden_dim": 64}
@@ -47,6 +47,9 @@ def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(pref
     assert best.value > 0.1 and best.value > hopeless + 0.05  # the good trials learned; lr=1e-6 did not
     train_dir = Path(best.user_attrs["results_dir"]) / "train"
     assert best.user_attrs["checkpoint"] == best_entry(read_index(train_dir))["path"]  # by metric, not "latest"
+    assert len(read_index(train_dir)) == 6  # every epoch indexed with its metrics...
+    kept = {p.name for p in train_dir.glob("model_epoch_*.pth")}  # ...but only the best and the last kept on disk
+    assert kept == {Path(best.user_attrs["checkpoint"]).name, (train_dir / LATEST).resolve().name}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -86,3 +89,27 @@ def test_unreachable_study_database_is_a_clear_error_without_the_password(small_
     with pytest.raises(RuntimeError, match=r"automl.storage: cannot open .*u:\*\*\*@127.0.0.1:1/x") as err:
         rdb_storage(spec)
     assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["successive_halving", "median"])
+def test_pruner_stops_lagging_trials_early_and_lets_leading_ones_finish(name: str, small_synth: Path,
+                                                                        tmp_path: Path) -> None:
+    import optuna
+
+    spec = load_spec(small_synth, {"results_dir": str(tmp_path), "train.num_epochs": 12, "automl.pruner": name})
+    study = optuna.create_study(direction="maximize", pruner=pruner(spec))
+
+    def epochs_spent(curve: list[float]) -> int:
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return step + 1
+        study.tell(trial, max(curve))
+        return len(curve)
+
+    rising = [0.05 * (epoch + 1) for epoch in range(12)]
+    spent = [epochs_spent([v * scale for v in rising]) for scale in (1.0, 1.1, 0.2, 0.2, 1.2)]
+
+    assert spent == [12, 12, 2, 2, 12]  # the two laggards stop after 2 of 12 epochs; the new leader runs on
