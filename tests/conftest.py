@@ -121,31 +121,24 @@ def postgres_url():  # noqa: ANN201 - a SQLAlchemy URL
     root = Path(tempfile.mkdtemp(prefix="oneformer-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root: run it as an ordinary user owning the folder
-        user = next(u for u in ("postgres", "nobody") if _has_user(u))
-        entry = pwd.getpwnam(user)
+        entry = next(e for e in pwd.getpwall() if e.pw_name in ("postgres", "nobody"))
         os.chown(root, entry.pw_uid, entry.pw_gid)
-        as_user = ["runuser", "-u", user, "--"]
+        as_user = ["runuser", "-u", entry.pw_name, "--"]
     port, data = free_port(), root / "data"
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "oneformer", "--auth=trust", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start")
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
     try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "oneformer", "--auth=trust", "-E", "UTF8")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start")
         import psycopg
 
         with psycopg.connect(f"host=127.0.0.1 port={port} user=oneformer dbname=postgres", autocommit=True) as c:
             c.execute("CREATE DATABASE optuna")
         yield f"postgresql://oneformer@127.0.0.1:{port}/optuna"
     finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        if (data / "postmaster.pid").exists():
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False

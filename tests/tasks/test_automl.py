@@ -10,7 +10,7 @@ from prefect import flow
 from oneformer.checkpoint import LATEST, best_entry, read_index
 from oneformer.spec import load_spec
 from tasks import tracking
-from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study
+from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study, storage_url
 
 pytestmark = pytest.mark.slow
 GOOD = {"train.optim.backbone_multiplier": 1.0, "train.optim.weight_decay": 1e-4, "model.one_former.hidden_dim": 64}
@@ -79,8 +79,7 @@ def test_parallel_trials_share_one_study_and_a_rerun_continues_it(backend: str, 
 
     assert len(again) == 3 and again[:2] == first and again[2]["state"] == "COMPLETE"
     if backend == "postgresql":  # the study lives in the server, where another machine's worker would find it
-        url = overrides["automl.storage"].replace("postgresql://", "postgresql+psycopg://")
-        assert len(optuna.load_study(study_name="parallel-postgresql", storage=url).trials) == 3
+        assert len(optuna.load_study(study_name="parallel-postgresql", storage=storage_url(spec)).trials) == 3
         assert not (tmp_path / "automl" / "optuna.db").exists()
 
 
