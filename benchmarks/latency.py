@@ -19,15 +19,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from oneformer.checkpoint import save_weights
+from oneformer.actions.export import export_checkpoint
+from oneformer.actions.quantize import quantize
 from oneformer.data.readers import read_image
 from oneformer.data.synth import generate
-from oneformer.export import export_checkpoint
-from oneformer.model import build_network, hf_config
+from oneformer.model.checkpoint import save_weights
+from oneformer.model.network import build_network, hf_config
 from oneformer.parity import compare, sample_images
 from oneformer.presets import preset
-from oneformer.quantize import quantize
-from oneformer.runtime import OnnxPredictor, TorchPredictor, prepare
+from oneformer.runtime.onnx import OnnxPredictor
+from oneformer.runtime.predictor import prepare
+from oneformer.runtime.torch import TorchPredictor
 from oneformer.spec import build_spec
 
 

@@ -22,12 +22,12 @@ import torch
 
 from oneformer.data.datasets import SegmentationDataModule, read_labels
 from oneformer.data.synth import generate
-from oneformer.model import hf_config, num_text
+from oneformer.data.tokenizer import TextTable
+from oneformer.model.network import hf_config, num_text
 from oneformer.spec import ExperimentSpec, load_spec
-from oneformer.tokenizer import TextTable
 from oneformer.training.module import SegmentationModule
 from oneformer.training.optim import build_optimizer, build_schedule
-from oneformer.training.train import build_trainer
+from oneformer.training.trainer import build_trainer
 
 
 class EpochTimer(pl.Callback):

@@ -1,8 +1,9 @@
-"""What every action flow shares: the spec with staged data, one MLflow run, and a closing Prefect artifact."""
+"""What every flow shares: the spec with its data staged, the results folder, one MLflow run, a closing artifact."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,69 +14,106 @@ from prefect import get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import ActionInputs
-from oneformer.spec import ExperimentSpec, dump_spec, load_spec
+from oneformer.artifacts import write_text
+from oneformer.spec import ExperimentSpec, dump_spec, load_spec, with_values
 from tasks import tracking
-from tasks.actions import with_values
-from tasks.staging import load_s3_secret, stage_data
+from tasks.parents import resolve_parent
+from tasks.staging import stage_data
 
 
-def pipeline_spec(spec: str | None, overrides: dict[str, Any], results_dir: str | None, model_name: str | None,
-                  n_trials: int | None) -> ExperimentSpec:
-    """The spec file with the overrides and the flow's own parameters applied."""
-    for name, value in (("spec", spec), ("results_dir", results_dir)):
+def spec_from(inputs: ActionInputs) -> ExperimentSpec:
+    """The spec file with the overrides and the results folder applied; a prefect.yaml placeholder that was never
+    filled in is a clear error."""
+    for name, value in (("spec", inputs.spec), ("results_dir", inputs.results_dir)):
         if value and "{{" in value:
             raise ValueError(f"parameter {name}={value!r} holds an unresolved prefect.yaml placeholder: set the "
                              f"environment variable it names before `prefect deploy`, or pass {name} to the run")
-    values = dict(overrides)
-    for key, value in (("results_dir", results_dir), ("model_name", model_name), ("automl.n_trials", n_trials)):
-        if value is not None:
-            values[key] = value
-    return load_spec(spec, values)
+    values = dict(inputs.overrides)
+    if inputs.results_dir is not None:
+        values["results_dir"] = inputs.results_dir
+    return load_spec(inputs.spec, values)
 
 
 @dataclass
-class ActionRun:
-    """One action flow's resolved spec, results folder and MLflow run."""
+class TrackedRun:
+    """A flow's resolved spec (data staged), results folder, MLflow run, and the outputs it reports at the end."""
 
     spec: ExperimentSpec
+    inputs: ActionInputs
     results: Path
     uri: str
     client: MlflowClient
     experiment: str
     run: str
+    flow_run_id: str
     outputs: dict[str, Any] = field(default_factory=dict)
+
+    def log_files(self, files: list[str | Path], folder: str) -> list[str]:
+        """Existing files as artifacts of this run."""
+        return tracking.log_files(self.client, self.run, files, folder)
+
+    def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        """Numeric entries as metrics of this run."""
+        tracking.log_metrics(self.client, self.run, metrics, prefix)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Tags on this run."""
+        tracking.set_tags(self.client, self.run, tags)
+
+    def parent_file(self, parent: str, kind: str) -> str:
+        """A local file of the parent's (checkpoint, onnx or int8), downloaded into this run's results folder."""
+        return resolve_parent(parent, kind, self.uri, str(self.results / "parent"))
+
+    @property
+    def url(self) -> str:
+        """Where to open the run."""
+        return tracking.run_url(self.uri, self.experiment, self.run)
 
 
 @contextmanager
-def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[ActionRun]:
-    """Stage the action's data, open an MLflow run tagged with the parent, and close it FINISHED or FAILED."""
+def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
+                tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
+    """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error)."""
     logger = get_run_logger()
-    load_s3_secret(inputs.s3_secret_block)
-    base = pipeline_spec(inputs.spec, inputs.overrides, inputs.results_dir, None, None)
+    base = spec_from(inputs)
     results = Path(base.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    resolved = with_values(base, {**stage_data(action, inputs.sources), "results_dir": str(results)})
-    spec_file = results / f"{action}.spec.yaml"
-    spec_file.write_text(dump_spec(resolved))
+    staged = stage_data(stage, inputs.sources, inputs.s3_secret_block)
+    spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
+    path = write_text(results / spec_file, dump_spec(spec))
     uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
-    run = tracking.start_run(c, exp, f"{action}-{runtime.flow_run.name or 'local'}", tags={
-        "action": action, "parent": parent or "", "prefect.flow_run_id": str(runtime.flow_run.id or "local")})
-    tracking.log_spec(c, run, resolved, spec_file)
+    flow_run_id = str(runtime.flow_run.id or "local")
+    run = tracking.start_run(c, exp, f"{name}-{runtime.flow_run.name or 'local'}",
+                             tags={"prefect.flow_run_id": flow_run_id, **(tags or {})})
     logger.info("MLflow run %s in %s", run, uri)
-    ctx = ActionRun(resolved, results, uri, c, exp, run)
     try:
-        yield ctx
+        tracking.log_spec(c, run, spec, path)
+        yield TrackedRun(spec, inputs, results, uri, c, exp, run, flow_run_id)
     except BaseException:
         c.set_terminated(run, "FAILED")
         raise
-    metrics = {k: v for k, v in ctx.outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    tracking.log_metrics(c, run, metrics)
-    lines = [f"# oneformer {action}", "", f"parent: `{parent}`", "", "| output | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | `{v}` |" for k, v in ctx.outputs.items()
-              if isinstance(v, int | float | str)]
-    lines += ["", f"MLflow run: {tracking.run_url(uri, exp, run)} (tracking URI `{uri}`)"]
-    create_markdown_artifact(markdown="\n".join(lines), key=f"oneformer-{action.replace('_', '-')}",
-                             description=f"oneformer {action} result")
     c.set_terminated(run, "FINISHED")
+
+
+@contextmanager
+def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[TrackedRun]:
+    """An action flow's run: tagged with its parent, closed with a markdown artifact of its outputs."""
+    with tracked_run(action, inputs, action, f"{action}.spec.yaml", {"action": action, "parent": parent or ""}) as r:
+        yield r
+        r.log_metrics({k: v for k, v in r.outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        lines = [f"# oneformer {action}", "", f"parent: `{parent}`", "", "| output | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | `{v}` |"
+                  for k, v in r.outputs.items() if isinstance(v, int | float | str)]
+        lines += ["", f"MLflow run: {r.url} (tracking URI `{r.uri}`)"]
+        create_markdown_artifact(markdown="\n".join(lines), key=f"oneformer-{action.replace('_', '-')}",
+                                 description=f"oneformer {action} result")
+
+
+def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
+    """`python -m flows.<action> [PARENT] [SPEC]`: run an action flow locally and print its result."""
+    args = sys.argv[1:]
+    parent = args.pop(0) if with_parent else None
+    inputs = ActionInputs(spec=args[0] if args else None)
+    print(flow(parent=parent, inputs=inputs) if with_parent else flow(inputs=inputs))

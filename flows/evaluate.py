@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from prefect import flow
-from pydantic import Field
 
-from flows.common import action_run
-from flows.params import ActionInputs
-
-PARENT = Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, or a path")
+from flows.common import action_run, run_from_argv
+from flows.params import ActionInputs, ModelKind, Parent
 
 
 @flow(name="oneformer-evaluate")
-def evaluate_flow(
-    parent: Annotated[str, PARENT],
-    model_kind: Annotated[Literal["checkpoint", "onnx", "int8"], Field(description="Which file of the parent")]
-    = "checkpoint",
-    inputs: ActionInputs = ActionInputs(),
-) -> dict:
+def evaluate_flow(parent: Parent, model_kind: ModelKind = "checkpoint", inputs: ActionInputs = ActionInputs()) -> dict:
     """Evaluate the parent's model; metrics go to Prefect and to a new MLflow run tagged with the parent."""
     from tasks.actions import evaluate
-    from tasks.parents import resolve_parent
 
-    with action_run("evaluate", parent, inputs) as ctx:
-        model = resolve_parent(parent, model_kind, ctx.uri, str(ctx.results / "parent"))
-        metrics = evaluate(ctx.spec, model)
-        out = ctx.spec.action_dir("evaluate")
-        ctx.client.log_artifacts(ctx.run, str(out), "evaluate")
-        ctx.outputs.update({**{k: v for k, v in metrics.items() if isinstance(v, float)}, "model": model})
+    with action_run("evaluate", parent, inputs) as r:
+        model = r.parent_file(parent, model_kind)
+        metrics = evaluate(r.spec, model)
+        r.client.log_artifacts(r.run, str(r.spec.action_dir("evaluate")), "evaluate")
+        r.outputs.update({**{k: v for k, v in metrics.items() if isinstance(v, float)}, "model": model})
     return metrics
 
 
 if __name__ == "__main__":
-    import sys
-
-    print(evaluate_flow(parent=sys.argv[1], inputs=ActionInputs(spec=sys.argv[2] if len(sys.argv) > 2 else None)))
+    run_from_argv(evaluate_flow)

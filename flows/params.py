@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,10 @@ class Tracking(BaseModel):
 
 
 TrtPrecision = Literal["fp32", "fp16", "int8"]
+# The parameters every action flow shares: which model it starts from, and which file of it.
+Parent = Annotated[str, Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, "
+                                          "or a path")]
+ModelKind = Annotated[Literal["checkpoint", "onnx", "int8"], Field(description="Which file of the parent")]
 
 
 class ActionInputs(BaseModel):

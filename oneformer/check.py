@@ -6,34 +6,13 @@ from pathlib import Path
 
 import fsspec
 
-from oneformer.checkpoint import resolve
+from oneformer.actions import TABLE
+from oneformer.actions.gen_trt_engine import default_onnx
 from oneformer.data.staging import is_remote, storage_options
 from oneformer.errors import OneFormerError
+from oneformer.model.checkpoint import resolve
+from oneformer.parity import IMAGE_SOURCES
 from oneformer.spec import ExperimentSpec
-
-_TRAIN_DATA = ("dataset.train.images", "dataset.train.annotations", "dataset.train.panoptic", "dataset.label_map",
-               "dataset.val.images", "dataset.val.annotations", "dataset.val.panoptic")
-# Which spec keys each action reads (TAO's per-action dataset requirements, trimmed to what we use).
-REQUIRED = {
-    "train": _TRAIN_DATA,
-    "evaluate": ("dataset.test.images", "dataset.test.annotations"),
-    "inference": ("inference.images_dir",),
-    "export": (),
-    "quantize": ("dataset.quant_calibration_dataset.images_dir",),
-    "gen_trt_engine": (),
-}
-PARITY_IMAGES = ("dataset.val.images", "dataset.test.images", "inference.images_dir",
-                 "dataset.quant_calibration_dataset.images_dir")
-OPTIONAL = {"evaluate": ("dataset.test.panoptic",), "train": ()}
-MODEL_KEYS = {"evaluate": "evaluate.checkpoint", "inference": "inference.checkpoint", "export": "export.checkpoint"}
-
-
-def get(spec: ExperimentSpec, dotted: str) -> object:
-    """Value of a dotted key."""
-    obj: object = spec
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def exists(uri: str) -> bool:
@@ -47,32 +26,30 @@ def exists(uri: str) -> bool:
 def check(spec: ExperimentSpec, action: str) -> list[str]:
     """Problems with the data and model paths `action` will read (empty when all is well)."""
     problems = []
-    keys = list(REQUIRED.get(action, ()))
-    if action == "train" and not spec.dataset.label_map:
-        keys.remove("dataset.label_map")
-    for key in keys + list(OPTIONAL.get(action, ())):
-        value = get(spec, key)
+    entry = TABLE[action]
+    for item in entry.inputs:
+        if item.check is None:
+            continue
+        value = spec.value_at(item.key)
         if not value:
-            if key in keys and not key.endswith(".panoptic"):
-                problems.append(f"{key} is not set")
+            if item.check == "required":
+                problems.append(f"{item.key} is not set")
             continue
         try:
             if not exists(str(value)):
-                problems.append(f"{key}: {value} does not exist")
+                problems.append(f"{item.key}: {value} does not exist")
         except Exception as exc:  # noqa: BLE001 - storage errors are reported, not raised
-            problems.append(f"{key}: cannot reach {value} ({type(exc).__name__}: {exc})")
-    if action in MODEL_KEYS and not (action != "export" and get(spec, f"{action}.trt_engine")):
-        key = MODEL_KEYS[action]
+            problems.append(f"{item.key}: cannot reach {value} ({type(exc).__name__}: {exc})")
+    engine = spec.value_at(f"{action}.trt_engine") if action in ("evaluate", "inference") else None
+    if entry.model_key and not engine:
         try:
-            resolve(str(get(spec, key)), spec.action_dir("train"), key)
+            resolve(str(spec.value_at(entry.model_key)), spec.action_dir("train"), entry.model_key)
         except OneFormerError as exc:
             problems.append(str(exc))
-    if action in ("export", "quantize", "gen_trt_engine") and not any(get(spec, k) for k in PARITY_IMAGES):
+    if entry.converts and not any(spec.value_at(k) for k in IMAGE_SOURCES):
         problems.append(f"{action} compares the converted model with its source on real images: set "
-                        f"{' or '.join(PARITY_IMAGES)}")
+                        f"{' or '.join(IMAGE_SOURCES)}")
     if action == "gen_trt_engine":
-        from oneformer.tensorrt import default_onnx
-
         onnx_file = spec.gen_trt_engine.onnx_file or str(default_onnx(spec))
         if not Path(onnx_file).is_file():
             problems.append(f"gen_trt_engine.onnx_file: {onnx_file} does not exist; run `oneformer export` first")

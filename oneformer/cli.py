@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 
+from oneformer.actions import ACTIONS, TABLE
 from oneformer.errors import OneFormerError, SpecError
-from oneformer.spec import ACTIONS, dump_spec, load_spec
+from oneformer.spec import dump_spec, load_spec
 
 log = logging.getLogger("oneformer")
-
-# Each action's entry point, imported only when that action runs (torch/onnx imports are slow).
-ENTRY_POINTS = {
-    "train": "oneformer.training.train:train",
-    "evaluate": "oneformer.evaluation.evaluate:evaluate",
-    "inference": "oneformer.inference:infer",
-    "export": "oneformer.export:export",
-    "quantize": "oneformer.quantize:quantize",
-    "gen_trt_engine": "oneformer.tensorrt:gen_trt_engine",
-}
-
-
-def _action(name: str) -> Callable:
-    module, func = ENTRY_POINTS[name].split(":")
-    return getattr(importlib.import_module(module), func)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oneformer", description="OneFormer universal segmentation, TAO-compatible.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ACTIONS:
-        a = sub.add_parser(name, help=f"run the {name} action")
+    for action in TABLE.values():
+        a = sub.add_parser(action.name, help=action.summary, description=action.summary)
         a.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
         a.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_epochs=10")
     d = sub.add_parser("default_specs", help="write a commented spec template per action")
@@ -62,7 +46,7 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command in ACTIONS:
         spec = load_spec(args.experiment_spec, args.overrides)
-        result = _action(args.command)(spec)
+        result = TABLE[args.command].entry()(spec)
         if result:
             print(json.dumps(result, indent=1, default=str))
         return 0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,23 +10,22 @@ import torch
 from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
 from oneformer.errors import DataError
-from oneformer.postprocess import semantic_scores
-from oneformer.runtime import ModelInfo, Outputs, prepare
+from oneformer.runtime.postprocess import semantic_scores
+from oneformer.runtime.predictor import ModelInfo, Outputs, prepare
 from oneformer.spec import ExperimentSpec
 
 FIELDS = ("class_logits", "mask_logits", "scores", "labels")
+# Where a parity check finds real images, in order of preference.
+IMAGE_SOURCES = ("dataset.val.images", "dataset.test.images", "inference.images_dir",
+                 "dataset.quant_calibration_dataset.images_dir")
 
 
 def sample_images(spec: ExperimentSpec, n: int, purpose: str) -> list[Path]:
     """Up to n real images: validation first, then test, inference and calibration sets."""
-    ds = spec.dataset
-    for key, value in (("dataset.val.images", ds.val.images), ("dataset.test.images", ds.test.images),
-                       ("inference.images_dir", spec.inference.images_dir),
-                       ("dataset.quant_calibration_dataset.images_dir", ds.quant_calibration_dataset.images_dir)):
-        if value:
+    for key in IMAGE_SOURCES:
+        if value := spec.value_at(key):
             return list_images(stage(value, key), key)[:n]
-    raise DataError(f"{purpose} needs real images to compare on: set dataset.val.images "
-                    f"(or dataset.test.images, inference.images_dir)")
+    raise DataError(f"{purpose} needs real images to compare on: set {' or '.join(IMAGE_SOURCES)}")
 
 
 def label_map(out: Outputs) -> torch.Tensor:
@@ -56,19 +52,3 @@ def compare(reference: Callable[[torch.Tensor], Outputs], candidate: Callable[[t
         same += int((la == lb).sum())
         total += la.numel()
     return {"images": len(images), "max_abs_diff": diffs, "agreement": same / max(total, 1)}
-
-
-def sha256(path: Path) -> str:
-    """Content digest, so an artifact names exactly what it came from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write whole or not at all."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

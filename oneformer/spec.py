@@ -15,8 +15,10 @@ from oneformer.errors import SpecError
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
 Task = Literal["semantic", "instance", "panoptic"]
+# ImageNet statistics on the 0-255 scale: the spec's default and what a model file without its own falls back to.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def tunable(default: Any, low: float, high: float, scale: str = "linear", **kw: Any) -> Any:
@@ -102,8 +104,8 @@ class DatasetConfig(Section):
     label_map: str | None = Field(None, description="JSON list of {id, name, isthing, color}")
     contiguous_id: bool = Field(True, description="Map raw category ids to 0..N-1 in label-map order")
     image_size: int = Field(1024, gt=0, description="Default square size for evaluation and inference")
-    pixel_mean: list[float] = Field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: list[float] = Field(default_factory=lambda: [58.395, 57.12, 57.375])
+    pixel_mean: list[float] = Field(default_factory=lambda: list(PIXEL_MEAN))
+    pixel_std: list[float] = Field(default_factory=lambda: list(PIXEL_STD))
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     task_probability: TaskProbability = Field(default_factory=TaskProbability)
     quant_calibration_dataset: CalibrationConfig = Field(default_factory=CalibrationConfig)
@@ -405,6 +407,13 @@ class ExperimentSpec(Section):
     gen_trt_engine: GenTrtEngineConfig = Field(default_factory=GenTrtEngineConfig)
     automl: AutoMLConfig = Field(default_factory=AutoMLConfig)
 
+    def value_at(self, dotted: str) -> Any:
+        """The value of a dotted key such as `dataset.val.images`."""
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
     def action_dir(self, action: str) -> Path:
         """Where an action writes: its own results_dir if set, else <results_dir>/<action>."""
         section = getattr(self, action, None)
@@ -554,6 +563,11 @@ def load_spec(
     """Load a YAML spec (or the defaults), apply `key=value` overrides, and validate it."""
     raw = read_yaml(path) if path else {}
     return build_spec(apply_overrides(raw, overrides), str(path) if path else None)
+
+
+def with_values(spec: ExperimentSpec, values: dict[str, Any], source: str = "derived spec") -> ExperimentSpec:
+    """A copy of a validated spec with dotted-key values set, validated again (the spec itself is left alone)."""
+    return build_spec(apply_overrides(spec.model_dump(mode="json"), values), source)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -9,11 +9,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from oneformer.spec import ACTIONS, ExperimentSpec
+from oneformer.actions import ACTIONS, TABLE
+from oneformer.artifacts import write_text
+from oneformer.spec import ExperimentSpec
 
-COMMON = ("results_dir", "encryption_key", "model_name", "dataset", "model")
-SECTIONS = {action: (*COMMON, action) for action in ACTIONS}
-SECTIONS["train"] = (*COMMON, "train", "automl")
+COMMON = ("results_dir", "encryption_key", "model_name", "dataset", "model")  # sections every action reads
+
+
+def sections(action: str) -> tuple[str, ...]:
+    """The spec sections an action reads, in template order."""
+    return (*COMMON, *TABLE[action].sections)
 
 
 def _scalar(value: Any) -> str:
@@ -40,7 +45,7 @@ def template(action: str, results_dir: str | None = None) -> str:
     if results_dir:
         spec.results_dir = results_dir
     lines = [f"# oneformer {action} spec: defaults from the code; edit and run `oneformer {action} -e THIS.yaml`"]
-    for name in SECTIONS[action]:
+    for name in sections(action):
         field = ExperimentSpec.model_fields[name]
         value = getattr(spec, name)
         note = f"  # {field.description}" if field.description else ""
@@ -59,7 +64,7 @@ def write_templates(out_dir: str | Path, actions: list[str], results_dir: str | 
     paths = []
     for action in actions:
         p = out / f"{action}.yaml"
-        p.write_text(template(action, results_dir))
+        write_text(p, template(action, results_dir))
         paths.append(p)
     return paths
 
@@ -67,26 +72,9 @@ def write_templates(out_dir: str | Path, actions: list[str], results_dir: str | 
 def schema(action: str) -> dict:
     """JSON Schema of the spec an action reads; tunable fields carry `automl` {min, max, scale, default}."""
     full = ExperimentSpec.model_json_schema()
-    full["properties"] = {k: v for k, v in full["properties"].items() if k in SECTIONS[action]}
+    full["properties"] = {k: v for k, v in full["properties"].items() if k in sections(action)}
     full["title"] = f"oneformer {action} spec"
     return full
-
-
-def automl_space() -> dict[str, dict]:
-    """Dotted key -> {min, max, scale, default} for every field marked tunable."""
-    defs = ExperimentSpec.model_json_schema()["$defs"]
-    found: dict[str, dict] = {}
-
-    def walk(props: dict, prefix: str) -> None:
-        for key, prop in props.items():
-            if "automl" in prop:
-                found[prefix + key] = prop["automl"]
-            ref = prop.get("$ref") or next((a.get("$ref") for a in prop.get("allOf", []) if "$ref" in a), None)
-            if ref:
-                walk(defs[ref.split("/")[-1]].get("properties", {}), f"{prefix}{key}.")
-
-    walk(ExperimentSpec.model_json_schema()["properties"], "")
-    return found
 
 
 def write_schemas(out_dir: str | Path) -> list[Path]:
@@ -96,6 +84,6 @@ def write_schemas(out_dir: str | Path) -> list[Path]:
     paths = []
     for action in ACTIONS:
         p = out / f"{action}.schema.json"
-        p.write_text(json.dumps(schema(action), indent=1) + "\n")
+        write_text(p, json.dumps(schema(action), indent=1) + "\n")
         paths.append(p)
     return paths

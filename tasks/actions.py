@@ -1,25 +1,18 @@
-"""Prefect tasks over the oneformer actions: each takes a spec, overrides what the pipeline decided, and runs it."""
+"""Prefect tasks over the oneformer actions: each takes a spec, sets what the pipeline decided, and runs it."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from oneformer.errors import OneFormerError
-from oneformer.spec import ExperimentSpec, apply_overrides, build_spec
-
-
-def with_values(spec: ExperimentSpec, values: dict[str, Any]) -> ExperimentSpec:
-    """The spec with dotted-key values set and re-validated."""
-    return build_spec(apply_overrides(spec.model_dump(mode="json"), values), "pipeline spec")
+from oneformer.spec import ExperimentSpec, with_values
 
 
 @task(name="evaluate", task_run_name="evaluate {checkpoint}", cache_policy=NO_CACHE)
 def evaluate(spec: ExperimentSpec, checkpoint: str) -> dict:
     """mIoU (and PQ/AP where the data allows) of a checkpoint, ONNX file or engine on the test split."""
-    from oneformer.evaluation.evaluate import evaluate as run
+    from oneformer.actions.evaluate import evaluate as run
 
     metrics = run(with_values(spec, {"evaluate.checkpoint": checkpoint, "evaluate.trt_engine": None}))
     get_run_logger().info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
@@ -29,15 +22,15 @@ def evaluate(spec: ExperimentSpec, checkpoint: str) -> dict:
 @task(name="inference", task_run_name="inference with {model}", cache_policy=NO_CACHE)
 def inference(spec: ExperimentSpec, model: str) -> dict:
     """Predictions and colored overlays for inference.images_dir."""
-    from oneformer.inference import infer
+    from oneformer.actions.inference import inference as run
 
-    return infer(with_values(spec, {"inference.checkpoint": model, "inference.trt_engine": None}))
+    return run(with_values(spec, {"inference.checkpoint": model, "inference.trt_engine": None}))
 
 
 @task(name="export", task_run_name="export {checkpoint} to ONNX", cache_policy=NO_CACHE)
 def export(spec: ExperimentSpec, checkpoint: str, onnx_file: str) -> dict:
     """The checkpoint as ONNX with its parity report; overwrites the pipeline's own previous export."""
-    from oneformer.export import export as run
+    from oneformer.actions.export import export as run
 
     return run(with_values(spec, {"export.checkpoint": checkpoint, "export.onnx_file": onnx_file,
                                   "export.overwrite": True}))
@@ -46,7 +39,7 @@ def export(spec: ExperimentSpec, checkpoint: str, onnx_file: str) -> dict:
 @task(name="quantize", task_run_name="quantize {model_path} to INT8", cache_policy=NO_CACHE)
 def quantize(spec: ExperimentSpec, model_path: str, onnx_file: str) -> dict:
     """INT8 QDQ ONNX calibrated on the calibration set, with the INT8-vs-FP32 report."""
-    from oneformer.quantize import quantize as run
+    from oneformer.actions.quantize import quantize as run
 
     return run(with_values(spec, {"quantize.model_path": model_path, "quantize.onnx_file": onnx_file,
                                   "quantize.overwrite": True}))
@@ -55,14 +48,13 @@ def quantize(spec: ExperimentSpec, model_path: str, onnx_file: str) -> dict:
 @task(name="gen-trt-engine", task_run_name="TensorRT {precision} engine from {onnx_file}", cache_policy=NO_CACHE)
 def gen_trt_engine(spec: ExperimentSpec, onnx_file: str, precision: str) -> dict:
     """A TensorRT engine, or a skip record with the reason where TensorRT or CUDA is missing."""
-    from oneformer.tensorrt import gen_trt_engine as run
-    from oneformer.tensorrt import require_tensorrt
+    from oneformer.actions.gen_trt_engine import gen_trt_engine as run
+    from oneformer.runtime.tensorrt import require_tensorrt
 
-    logger = get_run_logger()
     try:
         require_tensorrt()
     except OneFormerError as exc:
-        logger.warning("TensorRT engine skipped: %s", exc)
+        get_run_logger().warning("TensorRT engine skipped: %s", exc)
         return {"skipped": str(exc), "precision": precision}
     return run(with_values(spec, {"gen_trt_engine.onnx_file": onnx_file, "gen_trt_engine.overwrite": True,
                                   "gen_trt_engine.tensorrt.data_type": precision}))

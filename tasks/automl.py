@@ -6,6 +6,8 @@ import importlib.util
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,25 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from oneformer.checkpoint import keep_best_and_latest
-from oneformer.spec import ExperimentSpec, apply_overrides, build_spec
+from oneformer.model.checkpoint import keep_best_and_latest
+from oneformer.spec import ExperimentSpec, with_values
 from tasks import tracking
+from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
 
-# Ask-and-tell trials record their own heartbeats (Heartbeat below); Optuna warns about that pairing.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="tasks.automl")
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*heartbeat.*")
-
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S = 30
+
+
+@contextmanager
+def heartbeat_warnings_off() -> Iterator[None]:
+    """Silence, for the calls inside only, Optuna's warnings that heartbeats are experimental and meant for
+    Study.optimize: ask-and-tell trials here record their own heartbeats (see Heartbeat), on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 def storage_url(spec: ExperimentSpec) -> str:
@@ -87,7 +95,8 @@ def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
     """The study's RDB storage, with heartbeats so trials of a killed process can be told apart."""
     url = storage_url(spec)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        with heartbeat_warnings_off():
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise RuntimeError(f"automl.storage: cannot open the Optuna study database {shown(url)}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Check the URL, that the server "
@@ -97,9 +106,10 @@ def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
 
 def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStorage) -> optuna.Study:
     """Create or continue the study `name`; trials a killed process left RUNNING are marked failed."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
-                                pruner=pruner(spec), load_if_exists=True)
-    optuna.storages.fail_stale_trials(study)
+    with heartbeat_warnings_off():
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
+                                    pruner=pruner(spec), load_if_exists=True)
+        optuna.storages.fail_stale_trials(study)
     return study
 
 
@@ -124,13 +134,6 @@ class Heartbeat:
         self.stop.set()
 
 
-def trial_spec(spec: ExperimentSpec, params: dict[str, Any], folder: Path) -> ExperimentSpec:
-    """The spec with the trial's values and its own results folder (checkpoints every epoch, for selection)."""
-    raw = spec.model_dump(mode="json")
-    return build_spec(apply_overrides(raw, {**params, "results_dir": str(folder), "train.results_dir": None}),
-                      f"trial spec in {folder}")
-
-
 @task(name="automl-trial", task_run_name="trial {number}: {label}", cache_policy=NO_CACHE)
 def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, number: int,
               label: str, spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> dict:
@@ -146,8 +149,10 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
     t0 = time.monotonic()
     try:
         with Heartbeat(storage, trial):
-            result = run_training(trial_spec(spec, trial.params, folder), tracking_uri, run, [prune])
-    except Exception as exc:  # noqa: BLE001 - one bad trial must not end the study
+            trial_spec = with_values(spec, {**trial.params, "results_dir": str(folder), "train.results_dir": None},
+                                     f"trial spec in {folder}")
+            result = run_training(trial_spec, tracking_uri, run, [prune])
+    except Exception as exc:
         logger.exception("trial %d failed", number)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
         study.tell(trial, state=TrialState.FAIL)
@@ -203,18 +208,14 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
         if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
             logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
             break
-        batch = [study.ask(space) for _ in range(min(spec.automl.n_jobs, remaining))]
-        futures = [run_trial.submit(study, storage, t, t.number, label(t.params), spec, tracking_uri, experiment,
-                                    parent_run) for t in batch]
+        with heartbeat_warnings_off():
+            batch = [study.ask(space) for _ in range(min(spec.automl.n_jobs, remaining))]
+        futures = [run_trial.submit(study, storage, t, t.number, trial_label(t.params), spec, tracking_uri,
+                                    experiment, parent_run) for t in batch]
         for f in futures:
             f.result()
         remaining -= len(batch)
     return study
-
-
-def label(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                     for k, v in params.items())
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -224,3 +225,13 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         raise RuntimeError(f"study {study.study_name!r}: no trial completed with a checkpoint; see the failed "
                            f"trials' `error` attributes in the study and the trial runs in MLflow")
     return max(complete, key=lambda t: t.value)
+
+
+def selection(study: optuna.Study) -> Selection:
+    """The best trial's best checkpoint, with every trial of the study for the model card and the charts."""
+    best = best_trial(study)
+    trials = tuple(Trial(t.number, t.state.name, t.value if t.value is not None else
+                         (max(t.intermediate_values.values()) if t.intermediate_values else None),
+                         t.user_attrs.get("epochs"), t.params) for t in study.trials)
+    return Selection(checkpoint=best.user_attrs["checkpoint"], mIoU=best.value, trial=best.number,
+                     params=best.params, study=study.study_name, trials=trials)

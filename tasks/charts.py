@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+# Figure objects render with the Agg canvas on their own: no pyplot, so no process-wide backend is chosen here.
+from matplotlib.figure import Figure
 
 
 def per_class_iou(rows: list[dict], out: Path) -> Path:
     """Horizontal bars of IoU per class (classes absent from the data are shown empty)."""
     names = [r["name"] for r in rows]
     values = [float(r["iou"]) if r["iou"] not in (None, "") else 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2))
+    fig = Figure(figsize=(6, 0.3 * len(rows) + 1.2))
+    ax = fig.subplots()
     ax.barh(names, values, color="#3b7dd8")
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
@@ -24,13 +23,13 @@ def per_class_iou(rows: list[dict], out: Path) -> Path:
         ax.text(min(v + 0.01, 0.9), y, f"{v:.3f}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
 def optimization_history(trials: list[dict], out: Path) -> Path:
     """Each trial's best validation mIoU (pruned ones marked) with the best-so-far line."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     best, line = float("-inf"), []
     for t in sorted(trials, key=lambda t: t["number"]):
         value = t.get("mIoU")
@@ -48,5 +47,4 @@ def optimization_history(trials: list[dict], out: Path) -> Path:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

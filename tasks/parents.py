@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from oneformer.data.staging import is_remote, stage
 from oneformer.errors import CheckpointError
+from oneformer.model.checkpoint import resolve
 from tasks import tracking
 
 Kind = Literal["checkpoint", "onnx", "int8"]
@@ -35,31 +37,26 @@ def _pick(folder: Path, kind: Kind, parent: str) -> Path:
       retry_delay_seconds=5)
 def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str:
     """A local file for `parent`: models:/name@alias or models:/name/version, an MLflow run id, or a path/URI."""
-    import mlflow
-
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
+    uris = {"dst_path": str(out), "tracking_uri": tracking_uri, "registry_uri": tracking.registry_uri(tracking_uri)}
     try:
         if parent.startswith("models:/"):
             if kind == "int8":
                 mv = _model_version(c, parent)
                 local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=RUN_ARTIFACTS[kind],
-                                                                 dst_path=str(out), tracking_uri=tracking_uri))
+                                                                 **uris))
             else:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent, dst_path=str(out),
-                                                                 tracking_uri=tracking_uri))
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent, **uris))
         elif RUN_ID.match(parent):
-            local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=RUN_ARTIFACTS[kind],
-                                                             dst_path=str(out), tracking_uri=tracking_uri))
+            local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=RUN_ARTIFACTS[kind], **uris))
         else:
             local = stage(parent, "parent") if is_remote(parent) or Path(parent).exists() else Path(parent)
             if not local.exists():
                 raise CheckpointError(f"parent {parent}: no such file, MLflow run id or models:/ URI")
             if local.is_dir() and kind == "checkpoint":
-                from oneformer.checkpoint import resolve
-
                 return str(resolve("best", local, "parent"))
     except MlflowException as exc:
         raise CheckpointError(f"parent {parent}: not found in MLflow at {tracking_uri} ({exc.message})") from None

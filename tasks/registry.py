@@ -1,27 +1,31 @@
-"""MLflow model registry: an ONNX model version with the checkpoint, tags, a model card, and alias rules."""
+"""MLflow model registry: an ONNX model version with its checkpoint, tags, a model card, and the alias rules."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
+import mlflow.onnx
 import numpy as np
 import onnx
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.card import ModelCard
+from tasks.results import Registration
 
 
 def signature(onnx_file: Path) -> ModelSignature:
     """Input and output tensor specs read from the ONNX graph (dynamic axes become -1)."""
     model = onnx.load(str(onnx_file), load_external_data=False)
 
-    def specs(values: Any) -> Schema:  # noqa: ANN401 - onnx ValueInfo repeated field
+    def specs(values: Any) -> Schema:
         out = []
         for v in values:
             t = v.type.tensor_type
@@ -33,7 +37,7 @@ def signature(onnx_file: Path) -> ModelSignature:
     return ModelSignature(inputs=specs(model.graph.input), outputs=specs(model.graph.output))
 
 
-def champion_mIoU(c: mlflow.MlflowClient, name: str) -> tuple[str | None, float | None]:
+def champion_mIoU(c: MlflowClient, name: str) -> tuple[str | None, float | None]:
     """The current champion's version and mIoU tag, or (None, None)."""
     try:
         mv = c.get_model_version_by_alias(name, "champion")
@@ -43,72 +47,48 @@ def champion_mIoU(c: mlflow.MlflowClient, name: str) -> tuple[str | None, float 
     return mv.version, float(value) if value not in (None, "") else None
 
 
-def _table(rows: list[list[Any]], head: list[str]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
+def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, name: str, onnx_file: Path,
+                   checkpoint: Path) -> tuple[str, str]:
+    """The ONNX flavour (with its signature and the checkpoint beside it) as a logged model of the run; returns
+    its id and artifact location. Written with the client: mlflow's fluent log_model needs process-wide URIs."""
+    model = c.create_logged_model(experiment, name=name, source_run_id=run_id, model_type="onnx")
+    with tempfile.TemporaryDirectory(prefix="oneformer-model-") as tmp:
+        local = Path(tmp) / "model"
+        mlflow.onnx.save_model(onnx.load(str(onnx_file)), str(local), signature=signature(onnx_file),
+                               extra_files=[str(checkpoint)], onnx_execution_providers=["CPUExecutionProvider"],
+                               save_as_external_data=False)
+        c.log_model_artifacts(model.model_id, str(local))
+    c.finalize_logged_model(model.model_id, "READY")
+    return model.model_id, model.artifact_location
 
 
-def _fmt(v: Any) -> str:  # noqa: ANN401
-    return f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))
-
-
-def model_card(card: dict) -> str:
-    """Markdown for the version's description: what this model is and whether it can ship."""
-    spec, m = card["spec"], card["metrics"]
-    classes = ", ".join(r["name"] for r in card["per_class"])
-    parts = [
-        f"# {card['name']} v{card.get('version', '?')}",
-        f"OneFormer ({spec['model']['backbone']['name']}, Swin embed {spec['model']['backbone']['swin']['embed_dim']},"
-        f" depths {spec['model']['backbone']['swin']['depths']}), {card['params_m']:.1f}M parameters, "
-        f"{spec['model']['one_former']['num_object_queries']} queries; exported task: {card['task']} at "
-        f"{card['input_size']}.",
-        "## Data",
-        f"- training data digest `{card['data_digest']}` from `{card['train_source']}`",
-        f"- {len(card['per_class'])} classes: {classes}",
-        "## Key settings",
-        _table([[k, _fmt(v)] for k, v in card["key_settings"].items()], ["spec key", "value"]),
-        "## Validation metrics",
-        _table([[k, _fmt(v)] for k, v in m.items() if isinstance(v, int | float)], ["metric", "value"]),
-        "### Per-class IoU",
-        _table([[r["class"], r["name"], _fmt(float(r["iou"])) if r["iou"] not in (None, "") else "n/a"]
-                for r in card["per_class"]], ["id", "class", "IoU"]),
-        "## AutoML",
-        card["automl"],
-        "## Conversion parity",
-        _table(card["parity"], ["conversion", "label agreement", "max abs diff", "mIoU", "status"]),
-        f"\nspec digest `{card['spec_digest']}`; Prefect flow run `{card['flow_run_id']}`; MLflow run "
-        f"`{card['run_id']}`; checkpoint `{Path(card['checkpoint']).name}` (sha256 `{card['checkpoint_sha256']}`).",
-    ]
-    return "\n\n".join(parts)
-
-
-@task(name="register", task_run_name="register {name}", cache_policy=NO_CACHE)
-def register(tracking_uri: str, run_id: str, name: str, onnx_file: str, checkpoint: str, card: dict,
-             tags: dict[str, Any], int8_passed: bool) -> dict:
+@task(name="register", task_run_name="register {card.name}", cache_policy=NO_CACHE)
+def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str) -> Registration:
     """Log the ONNX model (with the checkpoint) in the run, register it, tag it, and move the aliases."""
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(onnx.load(onnx_file), name="model", signature=signature(Path(onnx_file)),
-                                     registered_model_name=name, extra_files=[checkpoint],
-                                     onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False)
-    version = str(info.registered_model_version)
-    for k, v in tags.items():
-        c.set_model_version_tag(name, version, k, str(v))
-    card = {**card, "version": version}
-    c.update_model_version(name, version, description=model_card(card))
-    c.set_registered_model_alias(name, "candidate", version)
-    old, old_miou = champion_mIoU(c, name)
-    miou = float(tags["mIoU"])
-    promote = int8_passed and (old_miou is None or miou >= old_miou)
+    model_id, source = log_onnx_model(c, experiment, card.run_id, card.name, Path(onnx_file),
+                                      Path(card.selection.checkpoint))
+    try:
+        c.create_registered_model(card.name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = str(c.create_model_version(card.name, source, run_id=card.run_id, tags=card.tags(),
+                                         model_id=model_id).version)
+    c.update_model_version(card.name, version, description=card.with_version(version).markdown())
+    c.set_registered_model_alias(card.name, "candidate", version)
+    old, old_miou = champion_mIoU(c, card.name)
+    int8_passed = card.int8 is not None and card.int8.passed
+    promote = int8_passed and (old_miou is None or card.mIoU >= old_miou)
     if promote:
-        c.set_registered_model_alias(name, "champion", version)
-        logger.info("%s v%s is the champion (mIoU %.4f%s)", name, version, miou,
+        c.set_registered_model_alias(card.name, "champion", version)
+        logger.info("%s v%s is the champion (mIoU %.4f%s)", card.name, version, card.mIoU,
                     f", was v{old} at {old_miou:.4f}" if old else "")
     else:
-        why = "INT8 agreement failed" if not int8_passed else f"mIoU {miou:.4f} < champion v{old}'s {old_miou:.4f}"
-        logger.info("%s v%s stays a candidate: %s", name, version, why)
-    aliases = c.get_model_version(name, version).aliases
-    return {"name": name, "version": version, "aliases": list(aliases), "model_uri": f"models:/{name}/{version}",
-            "champion": version if promote else old}
+        why = "INT8 agreement failed" if not int8_passed else \
+            f"mIoU {card.mIoU:.4f} < champion v{old}'s {old_miou:.4f}"
+        logger.info("%s v%s stays a candidate: %s", card.name, version, why)
+    aliases = c.get_model_version(card.name, version).aliases
+    return Registration(name=card.name, version=version, aliases=list(aliases),
+                        model_uri=f"models:/{card.name}/{version}", champion=version if promote else old)

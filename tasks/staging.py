@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from oneformer.data.staging import stage_all
+from oneformer.actions import TABLE
+from oneformer.data.staging import fingerprint, stage_all
 from oneformer.errors import OneFormerError
-from tasks.sources import REQUIREMENTS, DataSources, required
+from tasks.sources import DataSources, required
 
-# Environment variables that configure S3 access; a Prefect Secret block may supply them instead.
-S3_ENV = {"endpoint_url": "AWS_ENDPOINT_URL_S3", "region": "AWS_DEFAULT_REGION",
-          "access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
-          "session_token": "AWS_SESSION_TOKEN"}
+# Keys a Secret block may hold, and where each goes in s3fs's storage options.
+S3_SECRET_KEYS = {"endpoint_url": ("client_kwargs", "endpoint_url"), "region": ("client_kwargs", "region_name"),
+                  "access_key_id": ("key",), "secret_access_key": ("secret",), "session_token": ("token",)}
 
 
-def load_s3_secret(block: str | None) -> list[str]:
-    """Fill unset S3 environment variables from a Secret block holding JSON; returns the names it set."""
+def s3_options(block: str | None) -> dict:
+    """s3fs storage options from a Prefect Secret block holding JSON ({} without a block).
+
+    They go to the staging calls that need them, so the credentials never land in os.environ, where they would
+    outlive this flow run and leak into the next flow the same worker process runs.
+    """
     if not block:
-        return []
+        return {}
     from prefect.blocks.system import Secret
 
     value = Secret.load(block).get()
     settings = json.loads(value) if isinstance(value, str) else dict(value)
-    unknown = sorted(set(settings) - set(S3_ENV))
+    unknown = sorted(set(settings) - set(S3_SECRET_KEYS))
     if unknown:
-        raise ValueError(f"Secret block {block!r}: unknown keys {unknown}; expected some of {sorted(S3_ENV)}")
-    filled = []
-    for key, env in S3_ENV.items():
-        if settings.get(key) and not os.environ.get(env):
-            os.environ[env] = str(settings[key])
-            filled.append(env)
-    return filled
+        raise ValueError(f"Secret block {block!r}: unknown keys {unknown}; expected some of {sorted(S3_SECRET_KEYS)}")
+    options: dict = {}
+    for key, where in S3_SECRET_KEYS.items():
+        if settings.get(key):
+            target = options.setdefault(where[0], {}) if len(where) == 2 else options
+            target[where[-1]] = str(settings[key])
+    return options
 
 
 def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
@@ -51,12 +55,12 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
 @task(name="stage-data", task_run_name="stage {action} data", retries=3,
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
       retry_condition_fn=transient)
-def stage_data(action: str, sources: DataSources) -> dict[str, str]:
+def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = None) -> dict[str, str]:
     """Local paths for every file `action` needs (spec key -> path), staged side by side; unchanged objects reuse
     the staged copy."""
     logger = get_run_logger()
     uris = required(action, sources)
-    out = {key: str(path) for key, path in stage_all(uris).items()}
+    out = {key: str(path) for key, path in stage_all(uris, options=s3_options(s3_secret_block)).items()}
     for key, uri in uris.items():
         logger.info("%s: %s -> %s", key, uri, out[key])
     return out
@@ -64,15 +68,12 @@ def stage_data(action: str, sources: DataSources) -> dict[str, str]:
 
 @task(name="fingerprint-data", task_run_name="fingerprint {action} data", retries=2, retry_delay_seconds=5,
       retry_condition_fn=transient)
-def data_digest(action: str, sources: DataSources) -> dict[str, str]:
+def data_digest(action: str, sources: DataSources, s3_secret_block: str | None = None) -> dict[str, str]:
     """One digest over every file `action` reads from the sources, plus each source's own (for MLflow inputs)."""
-    import hashlib
-
-    from oneformer.data.staging import fingerprint
-
-    parts = {key: fingerprint(uri) for key, uri in sorted(required(action, sources).items())}
+    options = s3_options(s3_secret_block)
+    parts = {key: fingerprint(uri, options) for key, uri in sorted(required(action, sources).items())}
     out = {"all": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]}
-    source_of = {key: source for key, source, _ in REQUIREMENTS[action]}
+    source_of = {i.key: i.source for i in TABLE[action].inputs}
     for source in ("train", "eval", "inference", "calibration"):
         if mine := [d for k, d in parts.items() if source_of[k] == source]:
             out[source] = hashlib.sha256("|".join(mine).encode()).hexdigest()[:20]

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -22,11 +21,14 @@ def tracking_uri(explicit: str | None, results_dir: str | Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve()}/mlflow.db"
 
 
+def registry_uri(uri: str) -> str:
+    """MLFLOW_REGISTRY_URI when set, else the tracking URI (MLflow's own rule)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or uri
+
+
 def client(uri: str) -> MlflowClient:
-    """A client bound to one tracking and registry URI (no process-global state between tasks)."""
-    mlflow.set_tracking_uri(uri)  # for the fluent calls flavours make (log_model)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    """A client bound to one tracking and registry URI; MLflow's process-wide URIs are left as they are."""
+    return MlflowClient(tracking_uri=uri, registry_uri=registry_uri(uri))
 
 
 def experiment_id(c: MlflowClient, name: str, artifact_root: Path | None) -> str:

@@ -10,9 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pytorch_lightning.loggers import MLFlowLogger
 
-from oneformer.checkpoint import best_entry, read_index
+from oneformer.actions.train import train
+from oneformer.model.checkpoint import best_entry, read_index
 from oneformer.spec import ExperimentSpec
-from oneformer.training.train import train
 
 
 class PruneOnPlateau(pl.Callback):

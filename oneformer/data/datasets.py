@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,9 +13,10 @@ from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Record, labels_from_annotations, load_target, read_image, read_split
 from oneformer.data.staging import stage
 from oneformer.data.targets import build_targets, sample_task, semantic_map
+from oneformer.data.tokenizer import TextTable
 from oneformer.data.transforms import eval_size, normalize, pad_divisible, resize_pair, train_transform
+from oneformer.errors import DataError
 from oneformer.spec import DatasetConfig, ExperimentSpec
-from oneformer.tokenizer import TextTable
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ def read_labels(spec: ExperimentSpec, check: bool = True) -> LabelMap:
     else:
         source = ds.train.annotations or ds.val.annotations
         if not source:
-            from oneformer.errors import DataError
-
             raise DataError("dataset.label_map is not set and no annotations name the categories")
         labels = labels_from_annotations(source, ds.contiguous_id)
     if check:
@@ -127,15 +125,6 @@ def collate(items: list[dict]) -> dict:
         else:
             out[key] = torch.stack(values)
     return out
-
-
-@dataclass
-class DataBundle:
-    """What the training loop needs to know about the data."""
-
-    labels: LabelMap
-    train: list[Record]
-    val: list[Record]
 
 
 class SegmentationDataModule(pl.LightningDataModule):

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import fsspec
 
+from oneformer.artifacts import atomic_path
 from oneformer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def storage_options(uri: str) -> dict:
-    """fsspec options from the environment only (never from the spec): S3 endpoint URL and region."""
+def storage_options(uri: str, given: dict | None = None) -> dict:
+    """fsspec options for a URL, never from the spec: the S3 endpoint and region in the environment, overridden by
+    `given` (s3fs keys such as key, secret, token and client_kwargs, e.g. from a secret store)."""
     if not uri.startswith("s3://"):
         return {}
     client: dict = {}
@@ -51,7 +53,9 @@ def storage_options(uri: str) -> dict:
         client["endpoint_url"] = endpoint
     if os.environ.get("AWS_DEFAULT_REGION"):
         client["region_name"] = os.environ["AWS_DEFAULT_REGION"]
-    return {"client_kwargs": client, "default_block_size": 32 * 2**20}
+    given = dict(given or {})
+    client.update(given.pop("client_kwargs", {}))
+    return {"default_block_size": 32 * 2**20, **given, "client_kwargs": client}
 
 
 def _digest_file(path: Path) -> str:
@@ -69,11 +73,11 @@ def _fingerprint_remote(fs: fsspec.AbstractFileSystem, uri: str, info: dict | No
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
-def fingerprint(uri: str | os.PathLike) -> str:
+def fingerprint(uri: str | os.PathLike, options: dict | None = None) -> str:
     """A short digest that changes when the data changes: ETag for objects, content for files, listing for folders."""
     text = str(uri)
     if is_remote(text):
-        fs, path = fsspec.core.url_to_fs(text, **storage_options(text))
+        fs, path = fsspec.core.url_to_fs(text, **storage_options(text, options))
         return _fingerprint_remote(fs, path)
     local = Path(text.removeprefix("file://")).expanduser()
     if local.is_file():
@@ -170,18 +174,18 @@ def extract(archive: Path, key: str) -> Path:
     return _extract_once(key, str(archive), lambda: tarfile.open(archive))
 
 
-def _remote(uri: str, what: str) -> tuple[fsspec.AbstractFileSystem, str, dict]:
+def _remote(uri: str, what: str, options: dict | None) -> tuple[fsspec.AbstractFileSystem, str, dict]:
     """The filesystem, path and metadata (one HEAD) of a remote object; missing is a clear error."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, options))
     try:
         return fs, path, fs.info(path)
     except FileNotFoundError:
         raise DataError(f"{what}: {uri} does not exist (check the URI, or the bucket and prefix it names)") from None
 
 
-def stream_extract(uri: str, what: str = "data path") -> Path:
+def stream_extract(uri: str, what: str = "data path", options: dict | None = None) -> Path:
     """A remote tarball extracted while it downloads (no archive copy on disk), keyed by its ETag."""
-    fs, path, info = _remote(uri, what)
+    fs, path, info = _remote(uri, what, options)
     key = "x" + _fingerprint_remote(fs, path, info)
 
     def open_tar() -> tarfile.TarFile:
@@ -203,33 +207,33 @@ def stream_extract(uri: str, what: str = "data path") -> Path:
     return _extract_once(key, uri, open_tar)
 
 
-def download(uri: str, what: str = "data path") -> Path:
+def download(uri: str, what: str = "data path", options: dict | None = None) -> Path:
     """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
-    fs, path, info = _remote(uri, what)
+    fs, path, info = _remote(uri, what, options)
     key = _fingerprint_remote(fs, path, info)
     target = cache_root() / "objects" / key / Path(path).name
     if target.exists():
         log.info("staging: reusing %s (unchanged)", uri)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
     log.info("staging: downloading %s", uri)
-    if info.get("size", 0) <= 32 * 2**20:
-        part.write_bytes(fs.cat_file(path))  # one GET; get_file asks for the object's details again first
-    else:
-        fs.get_file(path, str(part))
-    part.rename(target)
+    with atomic_path(target) as part:
+        if info.get("size", 0) <= 32 * 2**20:
+            part.write_bytes(fs.cat_file(path))  # one GET; get_file asks for the object's details again first
+        else:
+            fs.get_file(path, str(part))
     return target
 
 
-def stage(uri: str | os.PathLike | None, what: str = "data path") -> Path:
-    """Local path for a folder, file, archive or URL; archives become their (unwrapped) folder."""
+def stage(uri: str | os.PathLike | None, what: str = "data path", options: dict | None = None) -> Path:
+    """Local path for a folder, file, archive or URL; archives become their (unwrapped) folder. `options` are
+    storage settings for remote URLs (see storage_options)."""
     if uri is None or str(uri).strip() == "":
         raise DataError(f"{what} is not set")
     text = str(uri)
     cache_root().mkdir(parents=True, exist_ok=True)
     if is_remote(text):
-        return stream_extract(text, what) if is_archive(text) else download(text, what)
+        return stream_extract(text, what, options) if is_archive(text) else download(text, what, options)
     local = Path(text.removeprefix("file://")).expanduser()
     if not local.exists():
         raise DataError(f"{what}: {local} does not exist")
@@ -238,12 +242,12 @@ def stage(uri: str | os.PathLike | None, what: str = "data path") -> Path:
     return local
 
 
-def stage_all(uris: dict[str, str], workers: int = 4) -> dict[str, Path]:
+def stage_all(uris: dict[str, str], workers: int = 4, options: dict | None = None) -> dict[str, Path]:
     """Stage several data paths at once (spec key -> URI): objects download and extract side by side, and a URI
     named by two keys is staged once. The first error is raised after the others finish."""
     from concurrent.futures import ThreadPoolExecutor
 
     first_key = {uri: key for key, uri in reversed(list(uris.items()))}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(first_key))), thread_name_prefix="stage") as pool:
-        staged = {uri: pool.submit(stage, uri, key) for uri, key in first_key.items()}
+        staged = {uri: pool.submit(stage, uri, key, options) for uri, key in first_key.items()}
         return {key: staged[uri].result() for key, uri in uris.items()}

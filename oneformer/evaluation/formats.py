@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import id_to_rgb, rgb_to_id
 from oneformer.errors import DataError
-from oneformer.postprocess import InstancePrediction, PanopticPrediction
+from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction
 
 SEMANTIC_DIR, PANOPTIC_DIR, PANOPTIC_JSON, INSTANCE_JSON = "semantic", "panoptic", "panoptic.json", "instances.json"
 

@@ -41,7 +41,7 @@ class ConfusionMatrix:
 class PanopticQuality:
     """PQ, SQ and RQ (all, things, stuff) as the COCO panoptic API defines them."""
 
-    def __init__(self, thing: np.ndarray, ignore_label: int = -1) -> None:
+    def __init__(self, thing: np.ndarray) -> None:
         self.thing = np.asarray(thing, bool)
         self.stats = defaultdict(lambda: np.zeros(4))  # class -> [iou_sum, tp, fp, fn]
 

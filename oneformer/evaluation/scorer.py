@@ -9,7 +9,7 @@ from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Segment
 from oneformer.data.targets import semantic_map
 from oneformer.evaluation.metrics import ConfusionMatrix, PanopticQuality, coco_mask_ap
-from oneformer.postprocess import InstancePrediction, PanopticPrediction
+from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction
 
 
 def _rle(mask: np.ndarray) -> dict:

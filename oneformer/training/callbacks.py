@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-from oneformer.checkpoint import LATEST, NAME, read_index, write_index
-from oneformer.status import StatusWriter
+from oneformer.artifacts import StatusWriter, link
+from oneformer.model.checkpoint import LATEST, NAME, read_index, write_index
 
 KPIS = ("mIoU", "val_loss", "train_loss")
 
@@ -32,11 +31,7 @@ class EpochCheckpoint(pl.Callback):
         path = self.dir / NAME.format(epoch=epoch, step=trainer.global_step)
         trainer.save_checkpoint(path, weights_only=False)  # optimizer and loop state too, for resuming
         if trainer.is_global_zero:
-            link = self.dir / LATEST
-            tmp = link.with_name(LATEST + ".tmp")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(path.name)
-            os.replace(tmp, link)
+            link(self.dir / LATEST, path.name)
             entries = [e for e in read_index(self.dir) if e["path"] != str(path)]
             entries.append({"path": str(path), "epoch": epoch, "step": trainer.global_step,
                             "metrics": _metrics(trainer)})

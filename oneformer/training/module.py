@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from oneformer.checkpoint import META_KEY, checkpoint_meta
 from oneformer.data.labelmap import LabelMap
 from oneformer.evaluation.metrics import ConfusionMatrix
-from oneformer.model import Network, build_network, set_training_mode
-from oneformer.postprocess import semantic, semantic_scores
+from oneformer.model.checkpoint import META_KEY, checkpoint_meta
+from oneformer.model.network import Network, build_network, set_training_mode
+from oneformer.runtime.postprocess import semantic, semantic_scores
 from oneformer.spec import ExperimentSpec
 from oneformer.training.optim import build_optimizer, build_schedule
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from oneformer.model import is_backbone_param
+from oneformer.model.network import is_backbone_param
 from oneformer.spec import OptimConfig
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from servers import s3_env
 
 from flows.params import ActionInputs, Tracking
 from flows.pipeline import pipeline
@@ -34,25 +35,18 @@ def _artifacts(c: MlflowClient, run: str, path: str = "") -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def bucket(small_synth: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """The synthetic dataset in TAO's bucket layout on an S3 server over HTTP on 127.0.0.1."""
+def bucket(small_synth: Path, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The synthetic dataset in TAO's bucket layout on the session's S3 server (over HTTP on 127.0.0.1)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-                     "ONEFORMER_CACHE": str(tmp_path_factory.mktemp("cache"))}.items():
+        for k, v in {**s3_env(moto_endpoint, SECRET), "ONEFORMER_CACHE": str(tmp_path_factory.mktemp("cache"))}.items():
             mp.setenv(k, v)
-        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        client.create_bucket(Bucket="data")
+        client = boto3.client("s3", endpoint_url=moto_endpoint)
+        client.create_bucket(Bucket="pipeline")
         for name in ("train", "eval", "inference", "calibration"):
-            upload_tree(client, small_synth.parent / name, "data", f"bucket/{name}")
-        yield DataSources(**{n: f"s3://data/bucket/{n}" for n in ("train", "eval", "inference", "calibration")})
-    server.stop()
+            upload_tree(client, small_synth.parent / name, "pipeline", f"bucket/{name}")
+        yield DataSources(**{n: f"s3://pipeline/bucket/{n}" for n in ("train", "eval", "inference", "calibration")})
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from oneformer.checkpoint import LATEST, best_entry, read_index
+from oneformer.model.checkpoint import LATEST, best_entry, read_index
 from oneformer.spec import load_spec
 from tasks import tracking
 from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study, storage_url

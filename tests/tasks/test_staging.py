@@ -1,22 +1,26 @@
-"""The stage-data task against a real S3 server: retries while storage is down, never for a user mistake."""
+"""The stage-data task against a real S3 server: retries while storage is down, never for a user mistake, and
+S3 settings from a Secret block that never reach the process environment."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import tarfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from prefect import flow
 from prefect.client.orchestration import get_client
+from servers import free_port, moto, s3_env
 
 from oneformer.errors import DataError
 from tasks.sources import DataSources
-from tasks.staging import stage_data
+from tasks.staging import s3_options, stage_data
 
 
 def _archive() -> bytes:
@@ -28,20 +32,10 @@ def _archive() -> bytes:
     return buf.getvalue()
 
 
-def _serve(port: int, objects: dict[str, bytes]) -> ThreadedMotoServer:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-    client.create_bucket(Bucket="data")
-    for key, body in objects.items():
-        client.put_object(Bucket="data", Key=key, Body=body)
-    return server
-
-
 @flow
-def stage_flow(action: str, sources: DataSources) -> dict:
+def stage_flow(action: str, sources: DataSources, block: str | None = None) -> dict:
     """The task's outcome as plain values (a failed state returned from a flow would fail the flow)."""
-    state = stage_data(action, sources, return_state=True)
+    state = stage_data(action, sources, block, return_state=True)
     with get_client(sync_client=True) as client:
         runs = client.read_task_run(state.state_details.task_run_id).run_count
     try:
@@ -50,42 +44,61 @@ def stage_flow(action: str, sources: DataSources) -> dict:
         return {"error": str(exc), "runs": runs}
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> int:
-    probe = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    probe.start()
-    port = probe.get_host_and_port()[1]
-    probe.stop()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
-                 "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
+def test_stage_retries_until_storage_is_back(prefect_api, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                             tmp_path: Path) -> None:
+    port = free_port()
+    for k, v in {**s3_env(f"http://127.0.0.1:{port}"), "AWS_MAX_ATTEMPTS": "1",
                  "ONEFORMER_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
-    return port
 
+    def serve(stack: ExitStack) -> None:
+        client = boto3.client("s3", endpoint_url=stack.enter_context(moto(port)))
+        client.create_bucket(Bucket="data")
+        client.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
 
-def test_stage_retries_until_storage_is_back(prefect_api, s3_env: int) -> None:  # noqa: ANN001
-    objects = {"d/calibration/images.tar.gz": _archive()}
-    servers: list[ThreadedMotoServer] = []
-    later = threading.Timer(6.0, lambda: servers.append(_serve(s3_env, objects)))  # down for 6 s
-    later.start()
-    try:
-        out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"))
-    finally:
-        later.join()
-        for s in servers:
-            s.stop()
+    with ExitStack() as stack:
+        later = threading.Timer(3.0, serve, [stack])  # the endpoint is down for 3 s
+        later.start()
+        try:
+            out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"))
+        finally:
+            later.join()
     staged = out["staged"]["dataset.quant_calibration_dataset.images_dir"]
     assert (Path(staged) / "a.jpg").read_bytes() == b"jpg"
     assert out["runs"] >= 2  # the first attempt met a dead endpoint and was retried
 
 
-def test_missing_object_fails_at_once_naming_uri_and_key(prefect_api, s3_env: int) -> None:  # noqa: ANN001
-    server = _serve(s3_env, {})
-    try:
-        t0 = time.monotonic()
-        out = stage_flow("quantize", DataSources(calibration="s3://data/nothing"))
-    finally:
-        server.stop()
+def test_missing_object_fails_at_once_naming_uri_and_key(prefect_api, s3, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    t0 = time.monotonic()
+    out = stage_flow("quantize", DataSources(calibration="s3://data/nothing"))
     assert out["runs"] == 1 and time.monotonic() - t0 < 20  # a user mistake is not retried
     assert out["error"].startswith("dataset.quant_calibration_dataset.images_dir: s3://data/nothing/images.tar.gz "
                                    "does not exist")
+
+
+def test_secret_block_settings_stage_without_touching_the_environment(prefect_api, s3,  # noqa: ANN001
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    from prefect.blocks.system import Secret
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
+    for key in s3_env(endpoint):
+        monkeypatch.delenv(key)  # only the block knows where the bucket is and how to sign in
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    Secret(value=json.dumps({"endpoint_url": endpoint, "region": "us-east-1", "access_key_id": "block-key",
+                             "secret_access_key": "block-secret"})).save("s3-settings", overwrite=True)
+    before = dict(os.environ)
+
+    out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"), "s3-settings")
+
+    staged = out["staged"]["dataset.quant_calibration_dataset.images_dir"]
+    assert (Path(staged) / "a.jpg").read_bytes() == b"jpg"
+    assert dict(os.environ) == before  # nothing was left for the next flow run in this process to inherit
+    assert s3_options("s3-settings") == {"key": "block-key", "secret": "block-secret", "client_kwargs": {
+        "endpoint_url": endpoint, "region_name": "us-east-1"}}
+    Secret(value=json.dumps({"bucket": "x"})).save("s3-bad", overwrite=True)
+    with pytest.raises(ValueError, match=r"Secret block 's3-bad': unknown keys \['bucket'\]"):
+        s3_options("s3-bad")

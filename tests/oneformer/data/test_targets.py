@@ -8,9 +8,9 @@ import torch
 
 from oneformer.data.readers import Segment
 from oneformer.data.targets import build_targets, sample_task
+from oneformer.data.tokenizer import TextTable, tokenize
 from oneformer.data.transforms import train_transform
 from oneformer.spec import AugmentationConfig
-from oneformer.tokenizer import TextTable, tokenize
 
 # Two stuff segments of class 0 and 1, two things of class 2, and one crowd thing of class 3.
 IDS = np.array([[1, 1, 2, 2], [1, 3, 3, 2], [4, 4, 2, 2], [5, 5, 0, 0]], dtype=np.int32)

@@ -10,7 +10,7 @@ from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Segment
 from oneformer.evaluation.metrics import ConfusionMatrix, PanopticQuality, coco_mask_ap
 from oneformer.evaluation.scorer import Scorer
-from oneformer.postprocess import InstancePrediction
+from oneformer.runtime.postprocess import InstancePrediction
 
 
 def test_miou_matches_torchmetrics() -> None:

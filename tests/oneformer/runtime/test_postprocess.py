@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from oneformer.postprocess import instance, panoptic, semantic, semantic_scores, to_image_size
+from oneformer.runtime.postprocess import instance, panoptic, semantic, semantic_scores, to_image_size
 
 BIG = 10.0
 

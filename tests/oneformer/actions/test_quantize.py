@@ -1,4 +1,5 @@
-"""INT8 quantization: calibration on real images, the accuracy report, exclusions, and clear errors."""
+"""INT8 quantization: exclusions, the export-first path and its report (random weights, seconds), clear errors,
+and accuracy kept on a trained model (slow)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from oneformer.actions.quantize import excluded_nodes, quantize, shapes_skip_dequantize
 from oneformer.errors import DataError
-from oneformer.quantize import excluded_nodes, quantize, shapes_skip_dequantize
-from oneformer.runtime import OnnxPredictor
+from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.spec import load_spec
 
 
@@ -41,9 +42,35 @@ def test_shape_ops_skip_the_dequantize() -> None:
     assert [list(n.input) for n in model.graph.node[1:]] == [["q"], ["x"]]
 
 
+def test_quantize_a_checkpoint_exports_first_and_reports(random_models: dict) -> None:
+    report, folder = random_models["report"], random_models["folder"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.int8.onnx", "model.int8.onnx.report.json",
+                                                       "model.onnx", "model.onnx.report.json", "status.json"]
+    assert json.loads((folder / "model.int8.onnx.report.json").read_text()) == report
+    assert report["calibration_images"] == 2 and report["images"] == 4 and report["per_channel"]
+    assert set(report["mIoU"]) == {"fp32", "int8"} and report["metrics"]["int8"]["num_images"] == 4
+    assert report["size_mb"]["int8"] < report["size_mb"]["fp32"]
+    ops = {n.op_type for n in onnx.load(str(random_models["int8"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert OnnxPredictor(random_models["int8"]).info.precision == "int8"
+    status = [json.loads(line)["status"] for line in (folder / "status.json").read_text().splitlines()]
+    assert status == ["STARTED", "SUCCESS"]
+
+
+def test_missing_calibration_set_is_a_clear_error(small_synth: Path, tmp_path: Path) -> None:
+    base = [f"results_dir={tmp_path}", f"quantize.results_dir={tmp_path}"]
+    spec = load_spec(small_synth, [*base, "dataset.quant_calibration_dataset.images_dir=null"])
+    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir is not set"):
+        quantize(spec)
+    spec = load_spec(small_synth, [*base, f"dataset.quant_calibration_dataset.images_dir={tmp_path}/none"])
+    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir"):
+        quantize(spec)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
 @pytest.mark.slow
 def test_quantize_a_checkpoint_keeps_accuracy(trained: dict, tmp_path: Path) -> None:
-    from oneformer.evaluation.evaluate import evaluate
+    from oneformer.actions.evaluate import evaluate
 
     spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}",
                                             f"quantize.results_dir={tmp_path}"])
@@ -62,22 +89,9 @@ def test_quantize_a_checkpoint_keeps_accuracy(trained: dict, tmp_path: Path) -> 
                                                         f"evaluate.checkpoint={int8}",
                                                         f"evaluate.results_dir={tmp_path}/eval"]))
     assert metrics["mIoU"] == pytest.approx(report["mIoU"]["int8"], abs=1e-9)
-    from oneformer.inference import infer
+    from oneformer.actions.inference import inference
 
-    result = infer(load_spec(trained["spec_path"], [f"results_dir={trained['results']}", "inference.mode=semantic",
+    result = inference(load_spec(trained["spec_path"], [f"results_dir={trained['results']}", "inference.mode=semantic",
                                                     f"inference.checkpoint={int8}",
                                                     f"inference.results_dir={tmp_path}/inference"]))
     assert result["images"] == 4 and len(list((tmp_path / "inference" / "semantic").glob("*.png"))) == 4
-
-
-@pytest.mark.slow
-def test_missing_calibration_set_is_a_clear_error(trained: dict, tmp_path: Path) -> None:
-    spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}", f"quantize.results_dir={tmp_path}",
-                                            "dataset.quant_calibration_dataset.images_dir=null"])
-    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir is not set"):
-        quantize(spec)
-    spec = load_spec(trained["spec_path"], [f"results_dir={trained['results']}", f"quantize.results_dir={tmp_path}",
-                                            f"dataset.quant_calibration_dataset.images_dir={tmp_path}/none"])
-    with pytest.raises(DataError, match="dataset.quant_calibration_dataset.images_dir"):
-        quantize(spec)
-    assert not list(tmp_path.glob("*.onnx"))

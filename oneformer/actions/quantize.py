@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,16 +13,17 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from oneformer.checkpoint import resolve
+from oneformer.actions.export import export_checkpoint
+from oneformer.artifacts import StatusWriter, atomic_path, output_path, write_json
 from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
 from oneformer.errors import CheckpointError, ConversionError, DataError
-from oneformer.evaluation.evaluate import score
-from oneformer.export import export_checkpoint, output_path
-from oneformer.parity import compare, sample_images, write_json
-from oneformer.runtime import META_KEY, ModelInfo, OnnxPredictor, prepare
+from oneformer.evaluation.score import score
+from oneformer.model.checkpoint import resolve
+from oneformer.parity import compare, sample_images
+from oneformer.runtime.onnx import OnnxPredictor
+from oneformer.runtime.predictor import META_KEY, ModelInfo, prepare
 from oneformer.spec import ExperimentSpec
-from oneformer.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -159,39 +159,36 @@ def quantize(spec: ExperimentSpec) -> dict:
     out = output_path(cfg.onnx_file, out_dir / "model.int8.onnx", cfg.overwrite, "quantize.onnx_file",
                       "quantize.overwrite")
     images = calibration_images(spec)
+    compare_on = sample_images(spec, spec.export.parity_images, "quantize's agreement check")
     status = StatusWriter(out_dir)
     status.write("STARTED", "Quantization started")
-    tmp = out.with_name(f".{out.name}.partial")
     t0 = time.monotonic()
     try:
-        fp32 = fp32_model(spec, out_dir)
-        reference = OnnxPredictor(fp32)
-        exclude = quantize_onnx(fp32, tmp, images, spec, reference.info,
-                                reference.session.get_modelmeta().custom_metadata_map)
-        int8 = OnnxPredictor(tmp)
-        task = reference.info.task
-        log.info("quantize: comparing INT8 with FP32")
-        parity = compare(lambda p: reference(p, task), lambda p: int8(p, task),
-                         sample_images(spec, spec.export.parity_images, "quantize's agreement check"),
-                         reference.info)
-        metrics = {"fp32": score(reference, spec).result(), "int8": score(int8, spec).result()}
+        with atomic_path(out) as tmp:  # the INT8 file appears only once it passed its agreement check
+            fp32 = fp32_model(spec, out_dir)
+            reference = OnnxPredictor(fp32)
+            exclude = quantize_onnx(fp32, tmp, images, spec, reference.info,
+                                    reference.session.get_modelmeta().custom_metadata_map)
+            int8 = OnnxPredictor(tmp)
+            task = reference.info.task
+            log.info("quantize: comparing INT8 with FP32")
+            parity = compare(lambda p: reference(p, task), lambda p: int8(p, task), compare_on, reference.info)
+            metrics = {"fp32": score(reference, spec).result(), "int8": score(int8, spec).result()}
+            report = {"source": str(fp32), "onnx_file": str(out), "task": task,
+                      "calibration_method": cfg.calibration_method, "calibration_images": len(images),
+                      "per_channel": cfg.per_channel, "ops": OPS, "excluded_nodes": len(exclude), **parity,
+                      "min_agreement": cfg.min_agreement, "mIoU": {k: v.get("mIoU") for k, v in metrics.items()},
+                      "metrics": metrics, "size_mb": {"fp32": round(fp32.stat().st_size / 2**20, 2),
+                                                      "int8": round(tmp.stat().st_size / 2**20, 2)},
+                      "passed": parity["agreement"] >= cfg.min_agreement,
+                      "seconds": round(time.monotonic() - t0, 2)}
+            write_json(out.with_name(out.name + ".report.json"), report)
+            if not report["passed"]:
+                raise ConversionError(f"quantize: INT8 agrees with FP32 on {parity['agreement']:.4%} of pixels, "
+                                      f"below quantize.min_agreement={cfg.min_agreement}; see {out}.report.json")
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise
-    report = {"source": str(fp32), "onnx_file": str(out), "task": task, "calibration_method": cfg.calibration_method,
-              "calibration_images": len(images), "per_channel": cfg.per_channel, "ops": OPS,
-              "excluded_nodes": len(exclude), **parity, "min_agreement": cfg.min_agreement,
-              "mIoU": {k: v.get("mIoU") for k, v in metrics.items()}, "metrics": metrics,
-              "size_mb": {"fp32": round(fp32.stat().st_size / 2**20, 2), "int8": round(tmp.stat().st_size / 2**20, 2)},
-              "passed": parity["agreement"] >= cfg.min_agreement, "seconds": round(time.monotonic() - t0, 2)}
-    write_json(out.with_name(out.name + ".report.json"), report)
-    if not report["passed"]:
-        tmp.unlink(missing_ok=True)
-        status.write("FAILURE", f"agreement {parity['agreement']:.4f} below {cfg.min_agreement}")
-        raise ConversionError(f"quantize: INT8 agrees with FP32 on {parity['agreement']:.4%} of pixels, below "
-                              f"quantize.min_agreement={cfg.min_agreement}; see {out}.report.json")
-    os.replace(tmp, out)
     log.info("quantize: wrote %s (agreement %.2f%%, mIoU fp32 %.4f -> int8 %.4f)", out, 100 * parity["agreement"],
              report["mIoU"]["fp32"] or 0, report["mIoU"]["int8"] or 0)
     status.write("SUCCESS", f"Quantized {out}", kpi={"agreement": parity["agreement"], **{

@@ -1,4 +1,4 @@
-"""One predictor interface over PyTorch, ONNX Runtime and TensorRT: same preprocessing, same outputs."""
+"""The predictor interface every backend implements: model metadata, preprocessing, and outputs in one form."""
 
 from __future__ import annotations
 
@@ -11,16 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oneformer.checkpoint import load_network, read_checkpoint
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.transforms import normalize, pad_divisible, resize_pair
 from oneformer.errors import CheckpointError, OneFormerError
-from oneformer.postprocess import semantic, semantic_scores, to_image_size
-from oneformer.tokenizer import TextTable
+from oneformer.runtime.postprocess import semantic, semantic_scores, to_image_size
+from oneformer.spec import PIXEL_MEAN, PIXEL_STD
 
 META_KEY = "oneformer"  # ONNX metadata_props key / engine sidecar holding ModelInfo as JSON
-MEAN = [123.675, 116.28, 103.53]
-STD = [58.395, 57.12, 57.375]
 
 
 @dataclass
@@ -39,8 +36,8 @@ class ModelInfo:
     task: str | None  # the task fixed in the graph; None for a checkpoint (any task)
     output: str  # "logits" (class + mask logits), "scores" (semantic per-class), "labels" (label map)
     input_size: list[int] | None  # [H, W] fixed in the graph; None for a checkpoint
-    mean: list[float] = field(default_factory=lambda: list(MEAN))
-    std: list[float] = field(default_factory=lambda: list(STD))
+    mean: list[float] = field(default_factory=lambda: list(PIXEL_MEAN))
+    std: list[float] = field(default_factory=lambda: list(PIXEL_STD))
     label_map: list[dict] = field(default_factory=list)
     contiguous_id: bool = True
     size_divisibility: int = 32
@@ -112,76 +109,11 @@ def check_task(info: ModelInfo, task: str, path: Path) -> None:
                              f"export.task={task}, or run the checkpoint")
 
 
-class TorchPredictor:
-    """PyTorch eager inference from one of our checkpoints (semantic answered as scores, like exports)."""
-
-    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
-        ckpt = read_checkpoint(checkpoint)
-        self.path = Path(checkpoint)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.net = load_network(ckpt).to(self.device)
-        self.labels = ckpt.labels
-        data, one = ckpt.spec.get("dataset", {}), ckpt.spec.get("model", {}).get("one_former", {})
-        self.info = ModelInfo(task=None, output="logits", input_size=None, mean=data.get("pixel_mean", MEAN),
-                              std=data.get("pixel_std", STD), label_map=ckpt.label_map,
-                              contiguous_id=ckpt.contiguous_id, source=str(self.path),
-                              size_divisibility=one.get("size_divisibility") or 32)
-        cfg = self.net.config
-        self.text = TextTable(self.labels.names, cfg.task_seq_len, cfg.text_encoder_context_length)
-
-    @torch.no_grad()
-    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
-        tokens = self.text.task_ids[task].expand(len(pixels), -1).to(self.device)
-        out = self.net(pixel_values=pixels.to(self.device), task_inputs=tokens)
-        cls, masks = out.class_queries_logits.float(), out.masks_queries_logits.float()
-        if task == "semantic":
-            return Outputs(scores=semantic_scores(cls, masks).cpu())
-        return Outputs(class_logits=cls.cpu(), mask_logits=masks.cpu())
-
-
 def outputs_from(names: list[str], arrays: list[np.ndarray]) -> Outputs:
-    """Outputs from a graph's named results (the names export.py gives them)."""
+    """Outputs from a graph's named results (the names the export action gives them)."""
     values = {n: torch.from_numpy(np.asarray(a)) for n, a in zip(names, arrays)}
     return Outputs(class_logits=values.get("class_logits"), mask_logits=values.get("mask_logits"),
                    scores=values.get("scores"), labels=values.get("labels"))
-
-
-class OnnxPredictor:
-    """ONNX Runtime inference (FP32 or INT8 QDQ) of a file written by `oneformer export` / `quantize`."""
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"ONNX file {self.path} does not exist")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # QDQ -> QLinear/IntegerToFloat
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in meta:
-            raise CheckpointError(f"{self.path} has no oneformer metadata: export it with `oneformer export`")
-        self.info = ModelInfo.from_json(meta[META_KEY], str(self.path))
-        self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, f"{self.path} metadata")
-        self.input = self.session.get_inputs()[0].name
-        self.names = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
-        check_task(self.info, task, self.path)
-        return outputs_from(self.names, self.session.run(None, {self.input: pixels.numpy().astype(np.float32)}))
-
-
-def open_predictor(path: str | Path) -> Predictor:
-    """The predictor for a model file, chosen by its kind: checkpoint, ONNX file or TensorRT engine."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        return OnnxPredictor(path)
-    if suffix in (".engine", ".plan", ".trt"):
-        from oneformer.tensorrt import TensorRTPredictor
-
-        return TensorRTPredictor(path)
-    return TorchPredictor(path)
 
 
 def network_size(predictor: Predictor, default: tuple[int, int]) -> tuple[int, int]:

@@ -1,30 +1,24 @@
-"""The evaluate action: score a model (or prediction files) on the test split; write metrics.json and CSV."""
+"""Scoring on the evaluation split: any predictor (checkpoint, ONNX, INT8, engine) or prediction files, the same way."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from oneformer.checkpoint import resolve
-from oneformer.data.datasets import read_labels
 from oneformer.data.readers import load_target, read_image, read_split
 from oneformer.data.transforms import eval_size
 from oneformer.errors import DataError
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.scorer import Scorer
-from oneformer.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
-from oneformer.runtime import Predictor, network_size, open_predictor, prepare
-from oneformer.spec import ExperimentSpec
-from oneformer.status import StatusWriter
+from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
+from oneformer.runtime.predictor import Predictor, network_size, prepare
+from oneformer.spec import ExperimentSpec, SplitConfig
 
 log = logging.getLogger(__name__)
 
 
-def eval_split(spec: ExperimentSpec) -> tuple[str, object]:
+def eval_split(spec: ExperimentSpec) -> tuple[str, SplitConfig]:
     """dataset.test when it has annotations (TAO's evaluate input), else dataset.val."""
     if spec.dataset.test.annotations:
         return "dataset.test", spec.dataset.test
@@ -39,25 +33,6 @@ def model_tasks(spec: ExperimentSpec, data_kind: str) -> list[str]:
     tasks = [name for name, on in (("semantic", t.semantic_on), ("panoptic", t.panoptic_on),
                                    ("instance", t.instance_on)) if on]
     return ["semantic"] if data_kind == "semantic" else tasks
-
-
-def evaluate(spec: ExperimentSpec) -> dict:
-    """Run the evaluation; returns the metrics dict (also written to <evaluate dir>/metrics.json)."""
-    out_dir = spec.action_dir("evaluate")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(out_dir)
-    status.write("STARTED", "Evaluation started")
-    cfg = spec.evaluate
-    if cfg.predictions:
-        files = PredictionFiles(cfg.predictions, read_labels(spec))
-        scorer, source = score(files, spec), str(cfg.predictions)
-    else:
-        model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
-        scorer, source = score(open_predictor(model_path), spec), str(model_path)
-    metrics = scorer.result()
-    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
-    status.write("SUCCESS", "Evaluation finished", kpi=metrics)
-    return metrics
 
 
 def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None) -> Scorer:
@@ -105,19 +80,3 @@ def predict(predictor: Predictor, image: np.ndarray, tasks: list[str], spec: Exp
     if "instance" in tasks:
         inst = instance(*predictor(prep.pixels, "instance").logits(0, prep), thing, test.test_topk_per_image)
     return sem, pan, inst
-
-
-def write_results(out_dir: Path, metrics: dict, per_class: list[dict], source: str, per_class_log: bool) -> None:
-    """metrics.json, per_class_iou.csv, and a readable table in the log."""
-    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "model": source}, indent=1))
-    with open(out_dir / "per_class_iou.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["class", "name", "iou"])
-        w.writeheader()
-        w.writerows(per_class)
-    lines = ["", f"{'metric':<16}{'value':>10}", "-" * 26]
-    lines += [f"{k:<16}{v:>10.4f}" for k, v in metrics.items() if isinstance(v, float)]
-    if per_class_log:
-        lines += ["", f"{'class':<24}{'IoU':>10}", "-" * 34]
-        lines += [f"{r['name']:<24}{(r['iou'] if r['iou'] is not None else float('nan')):>10.4f}" for r in per_class]
-    log.info("evaluation of %s%s", source, "\n".join(lines))
-

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTokenizer
 
-VOCAB = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+VOCAB = Path(__file__).parents[1] / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 TASK_TEXT = {t: f"the task is {t}" for t in ("semantic", "instance", "panoptic")}
 # OneFormer fills the class-text list of each image with these after its real classes.
 FILLER_TEXT = {"semantic": "a semantic photo", "instance": "an instance photo", "panoptic": "a panoptic photo"}

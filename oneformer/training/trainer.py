@@ -1,4 +1,4 @@
-"""The train action: data, model, Lightning trainer, automatic resume, TAO's results layout."""
+"""The Lightning Trainer as the spec asks for it: devices, DDP, precision, clipping, intervals, resume point."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from oneformer.checkpoint import LATEST, best_entry, read_index
-from oneformer.data.datasets import SegmentationDataModule, read_labels
-from oneformer.model import freeze, hf_config, load_backbone, load_pretrained, num_text
+from oneformer.artifacts import StatusWriter
+from oneformer.model.checkpoint import LATEST
 from oneformer.spec import ExperimentSpec, TrainConfig
-from oneformer.status import StatusWriter
-from oneformer.tokenizer import TextTable
 from oneformer.training.callbacks import EpochCheckpoint, StatusCallback
-from oneformer.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +72,3 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
         enable_model_summary=False,
         deterministic=False,
     )
-
-
-def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
-          logger: pl.loggers.Logger | bool = False) -> dict:
-    """Train (or resume) and return the train folder, the best checkpoint entry and the index."""
-    train_dir = spec.action_dir("train")
-    train_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")
-    labels = read_labels(spec)
-    config = hf_config(spec.model, labels.names)
-    text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)
-    data = SegmentationDataModule(spec, labels, text, num_text(config))
-    module = SegmentationModule(spec, config, labels)
-    if spec.train.pretrained_model:
-        load_pretrained(module.net, spec.train.pretrained_model)
-    if spec.train.pretrained_backbone:
-        load_backbone(module.net, spec.train.pretrained_backbone)
-    if spec.train.freeze:
-        log.info("froze %d parameter tensors", freeze(module.net, spec.train.freeze))
-    if spec.train.activation_checkpoint:
-        if module.net.supports_gradient_checkpointing:
-            module.net.gradient_checkpointing_enable()
-        else:
-            log.warning("train.activation_checkpoint: this network does not support it; ignored")
-    trainer = build_trainer(spec, train_dir, callbacks, logger)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(spec, train_dir))
-    entries = read_index(train_dir)
-    return {"train_dir": str(train_dir), "best": best_entry(entries), "checkpoints": entries}

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 from PIL import Image
 
-from oneformer.checkpoint import resolve
+from oneformer.artifacts import StatusWriter, write_json
 from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
 from oneformer.errors import DataError
 from oneformer.evaluation import formats
-from oneformer.postprocess import colorize, instance, panoptic
-from oneformer.runtime import network_size, open_predictor, prepare
+from oneformer.model.checkpoint import resolve
+from oneformer.runtime import open_predictor
+from oneformer.runtime.postprocess import colorize, instance, panoptic
+from oneformer.runtime.predictor import network_size, prepare
 from oneformer.spec import ExperimentSpec
-from oneformer.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _instance_labels(preds: list, shape: tuple[int, int]) -> tuple[np.ndarray, n
     return classes, ids
 
 
-def infer(spec: ExperimentSpec) -> dict:
+def inference(spec: ExperimentSpec) -> dict:
     """Predict every image; returns counts and the output folder."""
     cfg = spec.inference
     out_dir = spec.action_dir("inference")
@@ -80,10 +80,9 @@ def infer(spec: ExperimentSpec) -> dict:
             log.info("inference: %d/%d images", n, len(images))
     if cfg.mode == "panoptic":
         categories = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in labels.categories]
-        (out_dir / formats.PANOPTIC_JSON).write_text(json.dumps({"annotations": pan_entries,
-                                                                "categories": categories}))
+        write_json(out_dir / formats.PANOPTIC_JSON, {"annotations": pan_entries, "categories": categories}, None)
     if cfg.mode == "instance":
-        (out_dir / formats.INSTANCE_JSON).write_text(json.dumps(inst_entries))
-    (out_dir / "segments.json").write_text(json.dumps(segments, indent=1))
+        write_json(out_dir / formats.INSTANCE_JSON, inst_entries, None)
+    write_json(out_dir / "segments.json", segments)
     status.write("SUCCESS", f"Inference finished: {len(images)} images", kpi={"images": len(images)})
     return {"images": len(images), "results_dir": str(out_dir), "model": str(model_path), "mode": cfg.mode}

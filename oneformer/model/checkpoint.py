@@ -1,15 +1,15 @@
-"""Self-contained checkpoints: reading, resolving 'best'/'latest' through checkpoints.json, loading a model."""
+"""Self-contained checkpoints on disk: their format, checkpoints.json, and resolving 'best' / 'latest' / a path."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from oneformer.artifacts import atomic_path, write_json
 from oneformer.data.labelmap import LabelMap
 from oneformer.errors import CheckpointError
 
@@ -50,9 +50,10 @@ def checkpoint_meta(net: torch.nn.Module, labels: LabelMap, spec: dict, metrics:
 def save_weights(path: Path, net: torch.nn.Module, labels: LabelMap, spec: dict) -> Path:
     """A checkpoint of a network that was not trained here (random or imported weights), same format."""
     state = {PREFIX + k: v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 0, META_KEY: checkpoint_meta(net, labels, spec)},
-               path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "epoch": 0, "global_step": 0, META_KEY: checkpoint_meta(net, labels, spec)},
+                   tmp)
+    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -62,7 +63,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to a user
+    except Exception as exc:
         raise CheckpointError(f"{path} is not a loadable checkpoint: {exc}") from exc
     meta = raw.get(META_KEY) if isinstance(raw, dict) else None
     if meta is None:
@@ -80,10 +81,7 @@ def read_index(train_dir: Path) -> list[dict]:
 
 def write_index(train_dir: Path, entries: list[dict]) -> None:
     """Atomic rewrite of checkpoints.json."""
-    p = Path(train_dir) / INDEX
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=1))
-    os.replace(tmp, p)
+    write_json(Path(train_dir) / INDEX, entries)
 
 
 def best_entry(entries: list[dict], metric: str = "mIoU") -> dict | None:
@@ -136,19 +134,3 @@ def resolve(value: str | None, train_dir: Path, key: str) -> Path:
                               f"set {key} to a .pth file or 'latest'")
     log.info("%s=best: %s (mIoU %.4f)", key, best["path"], best["metrics"]["mIoU"])
     return Path(best["path"])
-
-
-def load_network(ckpt: Checkpoint, training: bool = False):  # noqa: ANN201 - returns transformers' model
-    """The network with the checkpoint's weights, in inference mode unless asked otherwise."""
-    from transformers import OneFormerConfig
-
-    from oneformer.model import build_network, set_training_mode
-
-    config = OneFormerConfig.from_dict(ckpt.hf_config)
-    net = build_network(config)
-    missing, unexpected = net.load_state_dict(ckpt.state_dict, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt.path}: weights do not match its own config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    set_training_mode(net, training)
-    return net

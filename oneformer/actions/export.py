@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -15,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from transformers.models.oneformer import modeling_oneformer
 
-from oneformer.checkpoint import resolve
+from oneformer.artifacts import StatusWriter, atomic_path, output_path, sha256, write_json
 from oneformer.errors import ConversionError, SpecError
-from oneformer.parity import compare, sample_images, sha256, write_json
-from oneformer.postprocess import semantic_scores
-from oneformer.runtime import META_KEY, ModelInfo, OnnxPredictor, Outputs, TorchPredictor, outputs_from
+from oneformer.model.checkpoint import resolve
+from oneformer.parity import compare, sample_images
+from oneformer.runtime.onnx import OnnxPredictor
+from oneformer.runtime.postprocess import semantic_scores
+from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, outputs_from
+from oneformer.runtime.torch import TorchPredictor
 from oneformer.spec import ExperimentSpec
-from oneformer.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +136,6 @@ def check_size(spec: ExperimentSpec, divisor: int) -> tuple[int, int]:
     return cfg.input_height, cfg.input_width
 
 
-def output_path(value: str | None, default: Path, overwrite: bool, key: str, flag: str) -> Path:
-    """The file an action will write; an existing one is an error unless the overwrite flag is set."""
-    path = Path(value) if value else default
-    if path.exists() and not overwrite:
-        raise ConversionError(f"{key}: {path} already exists; set {flag}=true to replace it, or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def write_onnx(graph: TaskGraph, path: Path, size: tuple[int, int], batch: int, opset: int, info: ModelInfo) -> None:
     """Trace to ONNX, embed the model metadata, and run onnx.checker."""
     names = OUTPUT_NAMES[graph.output]
@@ -175,29 +167,23 @@ def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agr
                      size_divisibility=torch_model.info.size_divisibility, source=str(checkpoint),
                      source_sha256=sha256(checkpoint))
     graph = TaskGraph(torch_model.net, torch_model.text.task_ids[cfg.task], kind).eval()
-    tmp = out.with_name(f".{out.name}.partial")
+    images = sample_images(spec, cfg.parity_images, "export's parity check")  # before tracing: a missing set fails fast
     t0 = time.monotonic()
-    try:
+    with atomic_path(out) as tmp:  # the ONNX file appears only once it passed its parity check
         log.info("export: tracing %s for the %s task at %dx%d (batch %s, opset %d)", checkpoint, cfg.task, *size,
                  "dynamic" if cfg.batch_size == -1 else cfg.batch_size, cfg.opset_version)
         write_onnx(graph, tmp, size, cfg.batch_size, cfg.opset_version, info)
-        images = sample_images(spec, cfg.parity_images, "export's parity check")
         session = OnnxPredictor(tmp)
         log.info("export: comparing PyTorch and ONNX Runtime on %d images", len(images))
-        report = compare(graph.outputs, lambda p: session(p, cfg.task), images, info)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    report = {"source": str(checkpoint), "source_sha256": info.source_sha256, "onnx_file": str(out),
-              "task": cfg.task, "output": kind, "input_size": list(size), "batch_size": cfg.batch_size,
-              "opset_version": cfg.opset_version, **report, "min_agreement": min_agreement,
-              "passed": report["agreement"] >= min_agreement, "seconds": round(time.monotonic() - t0, 2)}
-    write_json(out.with_name(out.name + ".report.json"), report)
-    if not report["passed"]:
-        tmp.unlink(missing_ok=True)
-        raise ConversionError(f"export: ONNX Runtime agrees with PyTorch on {report['agreement']:.4%} of pixels, "
-                              f"below export.min_agreement={min_agreement}; see {out}.report.json")
-    os.replace(tmp, out)
+        parity = compare(graph.outputs, lambda p: session(p, cfg.task), images, info)
+        report = {"source": str(checkpoint), "source_sha256": info.source_sha256, "onnx_file": str(out),
+                  "task": cfg.task, "output": kind, "input_size": list(size), "batch_size": cfg.batch_size,
+                  "opset_version": cfg.opset_version, **parity, "min_agreement": min_agreement,
+                  "passed": parity["agreement"] >= min_agreement, "seconds": round(time.monotonic() - t0, 2)}
+        write_json(out.with_name(out.name + ".report.json"), report)
+        if not report["passed"]:
+            raise ConversionError(f"export: ONNX Runtime agrees with PyTorch on {report['agreement']:.4%} of "
+                                  f"pixels, below export.min_agreement={min_agreement}; see {out}.report.json")
     return report
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from oneformer.actions.gen_trt_engine import engine_name, gen_trt_engine, settings
 from oneformer.errors import CheckpointError, ConversionError, SpecError
-from oneformer.runtime import META_KEY, ModelInfo
+from oneformer.runtime.predictor import META_KEY, ModelInfo
 from oneformer.spec import build_spec
-from oneformer.tensorrt import engine_name, gen_trt_engine, settings
 
 INFO = ModelInfo(task="semantic", output="scores", input_size=[64, 64],
                  label_map=[{"id": 1, "name": "a", "isthing": False}])
@@ -96,9 +96,9 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_builds_and_matches_onnxruntime(trained: dict, tmp_path: Path, precision: str) -> None:
     pytest.importorskip("tensorrt")
-    from oneformer.evaluation.evaluate import evaluate
-    from oneformer.export import export
-    from oneformer.quantize import quantize
+    from oneformer.actions.evaluate import evaluate
+    from oneformer.actions.export import export
+    from oneformer.actions.quantize import quantize
     from oneformer.spec import load_spec
 
     base = [f"results_dir={tmp_path}", f"train.results_dir={trained['results']}/train"]

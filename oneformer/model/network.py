@@ -1,24 +1,19 @@
-"""transformers' OneFormerForUniversalSegmentation built from the spec, plus weights loading and freezing."""
+"""transformers' OneFormerForUniversalSegmentation built from the spec or a checkpoint, its modes, and freezing."""
 
 from __future__ import annotations
 
 import fnmatch
-import logging
-from pathlib import Path
 
-import torch
 from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, SwinConfig
 
 from oneformer.errors import CheckpointError
+from oneformer.model.checkpoint import Checkpoint
 from oneformer.spec import ModelConfig
-from oneformer.swin_weights import from_original
-
-log = logging.getLogger(__name__)
 
 Network = OneFormerForUniversalSegmentation
 
 
-def hf_config(model: ModelConfig, class_names: list[str] | None = None, training: bool = True) -> OneFormerConfig:
+def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFormerConfig:
     """Map TAO's model keys onto transformers' OneFormerConfig (Swin backbone)."""
     swin = model.backbone.swin
     stages = [f"stage{i + 1}" for i in swin.out_indices]
@@ -56,7 +51,7 @@ def hf_config(model: ModelConfig, class_names: list[str] | None = None, training
         train_num_points=head.train_num_points,
         oversample_ratio=head.oversample_ratio,
         importance_sample_ratio=head.importance_sample_ratio,
-        is_training=training,
+        is_training=True,
         use_auxiliary_loss=head.deep_supervision,
         output_auxiliary_logits=False,
         task_seq_len=text.task_seq_len,
@@ -105,57 +100,6 @@ def build_network(config: OneFormerConfig) -> Network:
     return OneFormerForUniversalSegmentation(config)
 
 
-def hf_state(cls: type, source: str, key: str) -> dict[str, torch.Tensor]:
-    """The state dict of a transformers folder or hub id, or a clear error naming the spec key."""
-    try:
-        return cls.from_pretrained(source).state_dict()
-    except OSError as exc:
-        raise CheckpointError(f"{key} {source!r}: not a weights file, a transformers folder, "
-                              f"or a reachable hub id ({exc})") from exc
-
-
-def load_pretrained(net: Network, source: str) -> None:
-    """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only)."""
-    path = Path(source)
-    if path.suffix in (".pth", ".ckpt") and path.is_file():
-        from oneformer.checkpoint import read_checkpoint
-
-        state = read_checkpoint(path).state_dict
-    else:
-        state = hf_state(OneFormerForUniversalSegmentation, source, "train.pretrained_model")
-    own = net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = [k for k in state if k not in usable]
-    net.load_state_dict(usable, strict=False)
-    log.info("pretrained %s: loaded %d tensors, skipped %d (shape or name differ)", source, len(usable), len(skipped))
-    if not usable:
-        raise CheckpointError(f"pretrained weights {source} share no tensors with this model")
-
-
-def load_backbone(net: Network, source: str) -> None:
-    """Initialize the Swin backbone from a transformers Swin folder/id or a state-dict file (either naming)."""
-    backbone = net.model.pixel_level_module.encoder
-    path = Path(source)
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state))
-    else:
-        from transformers import SwinModel
-
-        state = hf_state(SwinModel, source, "train.pretrained_backbone")
-    own = backbone.state_dict()
-    renamed = from_original(state)
-    usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise CheckpointError(f"train.pretrained_backbone {source}: no tensor matches the Swin backbone")
-    mismatched = sorted(k for k in renamed if k in own and k not in usable)
-    if mismatched:
-        log.warning("pretrained backbone %s: %d tensors differ in shape (e.g. %s)", source, len(mismatched),
-                    mismatched[0])
-    backbone.load_state_dict(usable, strict=False)
-    log.info("pretrained backbone %s: loaded %d of %d tensors", source, len(usable), len(own))
-
-
 def freeze(net: Network, patterns: list[str]) -> int:
     """Freeze parameters whose names match any fnmatch pattern; returns how many were frozen."""
     count = 0
@@ -171,3 +115,14 @@ def freeze(net: Network, patterns: list[str]) -> int:
 def is_backbone_param(name: str) -> bool:
     """Backbone parameters get lr * backbone_multiplier."""
     return ".pixel_level_module.encoder." in f".{name}"
+
+
+def load_network(ckpt: Checkpoint, training: bool = False) -> Network:
+    """The network with a checkpoint's weights, in inference mode unless asked otherwise."""
+    net = build_network(OneFormerConfig.from_dict(ckpt.hf_config))
+    missing, unexpected = net.load_state_dict(ckpt.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt.path}: weights do not match its own config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    set_training_mode(net, training)
+    return net

@@ -1,34 +1,30 @@
-"""The gen_trt_engine action: TensorRT engines from exported ONNX files, and a TensorRT predictor.
+"""The gen_trt_engine action: a TensorRT engine from an exported (or INT8 QDQ) ONNX file, checked on real images.
 
 Written to NVIDIA's documented TensorRT 10 Python API. Everything that decides *what* to build (precision,
-shapes, workspace, names, the QDQ check) is plain Python and runs anywhere; only `build` and the predictor
-touch TensorRT, and both start by checking that TensorRT and a CUDA device are present.
+shapes, workspace, names, the QDQ check) is plain Python and runs anywhere; only `build` and the TensorRT
+predictor (oneformer.runtime.tensorrt) touch TensorRT, and both start by checking that TensorRT and a CUDA
+device are present.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
-import torch
 
+from oneformer.artifacts import StatusWriter, output_path, write_bytes, write_json, write_text
 from oneformer.errors import CheckpointError, ConversionError, SpecError
-from oneformer.export import output_path
-from oneformer.parity import compare, sample_images, write_json
-from oneformer.runtime import META_KEY, ModelInfo, OnnxPredictor, Outputs, check_task, outputs_from
+from oneformer.parity import compare, sample_images
+from oneformer.runtime.onnx import OnnxPredictor
+from oneformer.runtime.predictor import META_KEY, ModelInfo
+from oneformer.runtime.tensorrt import TensorRTPredictor, require_tensorrt, sidecar
 from oneformer.spec import ExperimentSpec
-from oneformer.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("install NVIDIA TensorRT 10 for your CUDA version (pip install tensorrt, served from NVIDIA's "
-                "package index) on a machine with an NVIDIA GPU")
 
 
 @dataclass
@@ -113,19 +109,6 @@ def settings(spec: ExperimentSpec) -> BuildSettings:
                          info=replace(info, precision=trt_cfg.data_type))
 
 
-def require_tensorrt() -> Any:  # noqa: ANN401 - the tensorrt module
-    """The tensorrt module, or a clear error naming what is missing."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ConversionError(f"TensorRT is not installed (no `tensorrt` Python package): {INSTALL_HINT}. ONNX "
-                              f"Runtime can run the FP32 and INT8 ONNX files meanwhile") from exc
-    if not torch.cuda.is_available():
-        raise ConversionError(f"TensorRT {tensorrt.__version__} is installed but no CUDA device is visible: "
-                              f"TensorRT builds and runs engines on an NVIDIA GPU")
-    return tensorrt
-
-
 def build(s: BuildSettings) -> dict:
     """Parse the ONNX file, configure the builder, and write the serialized engine (plus its metadata sidecar)."""
     trt = require_tensorrt()
@@ -153,61 +136,12 @@ def build(s: BuildSettings) -> dict:
     if serialized is None:
         raise ConversionError(f"TensorRT failed to build an engine from {s.onnx_file} (see the log above)")
     seconds = time.monotonic() - t0
-    tmp = s.engine_file.with_name(f".{s.engine_file.name}.partial")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, s.engine_file)
-    sidecar(s.engine_file).write_text(s.info.to_json())
+    write_text(sidecar(s.engine_file), s.info.to_json())  # first: an engine on disk always has its metadata
+    write_bytes(s.engine_file, bytes(serialized))
     if s.timing_cache:
-        s.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes(s.timing_cache, bytes(config.get_timing_cache().serialize()))
     return {"build_seconds": round(seconds, 2), "tensorrt": trt.__version__,
             "engine_mb": round(s.engine_file.stat().st_size / 2**20, 2)}
-
-
-def sidecar(engine: Path) -> Path:
-    """Engines cannot carry ONNX metadata; it travels next to them."""
-    return engine.with_name(engine.name + ".json")
-
-
-class TensorRTPredictor:
-    """TensorRT inference of an engine built by gen_trt_engine (input and outputs live on the GPU)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"TensorRT engine {self.path} does not exist")
-        if not sidecar(self.path).is_file():
-            raise CheckpointError(f"{sidecar(self.path)} is missing: build the engine with `oneformer gen_trt_engine`")
-        self.info = ModelInfo.from_json(sidecar(self.path).read_text(), str(sidecar(self.path)))
-        from oneformer.data.labelmap import LabelMap
-
-        self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, str(sidecar(self.path)))
-        trt = require_tensorrt()
-        self.trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise CheckpointError(f"{self.path}: TensorRT could not load this engine (built by another version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-
-    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
-        check_task(self.info, task, self.path)
-        x = pixels.to("cuda", torch.float32).contiguous()
-        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
-        self.context.set_tensor_address(self.inputs[0], x.data_ptr())
-        results = []
-        for name in self.outputs:
-            dtype = torch.from_numpy(np.empty(0, self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            results.append(out)
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ConversionError(f"TensorRT failed to run {self.path}")
-        stream.synchronize()
-        return outputs_from(self.outputs, [r.cpu().numpy() for r in results])
 
 
 def gen_trt_engine(spec: ExperimentSpec) -> dict:
@@ -218,13 +152,13 @@ def gen_trt_engine(spec: ExperimentSpec) -> dict:
     status.write("STARTED", f"Building a {s.precision} engine from {s.onnx_file}")
     try:
         require_tensorrt()
+        compare_on = sample_images(spec, spec.export.parity_images, "gen_trt_engine's parity check")
         log.info("gen_trt_engine: %s -> %s (%s, batch %s..%s, workspace %d MiB)", s.onnx_file, s.engine_file,
                  s.precision, s.min_shape[0], s.max_shape[0], s.workspace_bytes >> 20)
         built = build(s)
         reference, engine = OnnxPredictor(s.onnx_file), TensorRTPredictor(s.engine_file)
         task = s.info.task
-        parity = compare(lambda p: reference(p, task), lambda p: engine(p, task),
-                         sample_images(spec, spec.export.parity_images, "gen_trt_engine's parity check"), s.info)
+        parity = compare(lambda p: reference(p, task), lambda p: engine(p, task), compare_on, s.info)
     except Exception as exc:
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise

@@ -1,0 +1,54 @@
+"""The evaluate action: score a model (or prediction files) on the test split; write metrics.json and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+from oneformer.artifacts import StatusWriter, write_json, write_text
+from oneformer.data.datasets import read_labels
+from oneformer.evaluation.formats import PredictionFiles
+from oneformer.evaluation.score import score
+from oneformer.model.checkpoint import resolve
+from oneformer.runtime import open_predictor
+from oneformer.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(spec: ExperimentSpec) -> dict:
+    """Run the evaluation; returns the metrics dict (also written to <evaluate dir>/metrics.json)."""
+    out_dir = spec.action_dir("evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status = StatusWriter(out_dir)
+    status.write("STARTED", "Evaluation started")
+    cfg = spec.evaluate
+    if cfg.predictions:
+        files = PredictionFiles(cfg.predictions, read_labels(spec))
+        scorer, source = score(files, spec), str(cfg.predictions)
+    else:
+        model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
+        scorer, source = score(open_predictor(model_path), spec), str(model_path)
+    metrics = scorer.result()
+    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
+    status.write("SUCCESS", "Evaluation finished", kpi=metrics)
+    return metrics
+
+
+def write_results(out_dir: Path, metrics: dict, per_class: list[dict], source: str, per_class_log: bool) -> None:
+    """metrics.json, per_class_iou.csv, and a readable table in the log."""
+    write_json(out_dir / "metrics.json", {**metrics, "model": source})
+    rows = io.StringIO(newline="")
+    w = csv.DictWriter(rows, fieldnames=["class", "name", "iou"])
+    w.writeheader()
+    w.writerows(per_class)
+    write_text(out_dir / "per_class_iou.csv", rows.getvalue())
+    lines = ["", f"{'metric':<16}{'value':>10}", "-" * 26]
+    lines += [f"{k:<16}{v:>10.4f}" for k, v in metrics.items() if isinstance(v, float)]
+    if per_class_log:
+        lines += ["", f"{'class':<24}{'IoU':>10}", "-" * 34]
+        lines += [f"{r['name']:<24}{(r['iou'] if r['iou'] is not None else float('nan')):>10.4f}" for r in per_class]
+    log.info("evaluation of %s%s", source, "\n".join(lines))
+

@@ -1,0 +1,48 @@
+"""The train action: data, model, Lightning trainer, automatic resume, TAO's results layout."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+
+from oneformer.data.datasets import SegmentationDataModule, read_labels
+from oneformer.data.tokenizer import TextTable
+from oneformer.model.checkpoint import best_entry, read_index
+from oneformer.model.network import freeze, hf_config, num_text
+from oneformer.model.pretrained import load_backbone, load_pretrained
+from oneformer.spec import ExperimentSpec
+from oneformer.training.module import SegmentationModule
+from oneformer.training.trainer import build_trainer, resume_path
+
+log = logging.getLogger(__name__)
+
+
+def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
+          logger: pl.loggers.Logger | bool = False) -> dict:
+    """Train (or resume) and return the train folder, the best checkpoint entry and the index."""
+    train_dir = spec.action_dir("train")
+    train_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    labels = read_labels(spec)
+    config = hf_config(spec.model, labels.names)
+    text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)
+    data = SegmentationDataModule(spec, labels, text, num_text(config))
+    module = SegmentationModule(spec, config, labels)
+    if spec.train.pretrained_model:
+        load_pretrained(module.net, spec.train.pretrained_model)
+    if spec.train.pretrained_backbone:
+        load_backbone(module.net, spec.train.pretrained_backbone)
+    if spec.train.freeze:
+        log.info("froze %d parameter tensors", freeze(module.net, spec.train.freeze))
+    if spec.train.activation_checkpoint:
+        if module.net.supports_gradient_checkpointing:
+            module.net.gradient_checkpointing_enable()
+        else:
+            log.warning("train.activation_checkpoint: this network does not support it; ignored")
+    trainer = build_trainer(spec, train_dir, callbacks, logger)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(spec, train_dir))
+    entries = read_index(train_dir)
+    return {"train_dir": str(train_dir), "best": best_entry(entries), "checkpoints": entries}

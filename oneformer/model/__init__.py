@@ -1,0 +1,1 @@
+"""The network (transformers' OneFormer built from the spec), self-contained checkpoints, and pretrained weights."""

@@ -1,0 +1,37 @@
+"""The ONNX Runtime backend: FP32 or INT8 QDQ files written by the export and quantize actions, on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from oneformer.data.labelmap import LabelMap
+from oneformer.errors import CheckpointError
+from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, check_task, outputs_from
+
+
+class OnnxPredictor:
+    """ONNX Runtime inference (FP32 or INT8 QDQ) of a file written by `oneformer export` / `quantize`."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX file {self.path} does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # QDQ -> QLinear/IntegerToFloat
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in meta:
+            raise CheckpointError(f"{self.path} has no oneformer metadata: export it with `oneformer export`")
+        self.info = ModelInfo.from_json(meta[META_KEY], str(self.path))
+        self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, f"{self.path} metadata")
+        self.input = self.session.get_inputs()[0].name
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
+        check_task(self.info, task, self.path)
+        return outputs_from(self.names, self.session.run(None, {self.input: pixels.numpy().astype(np.float32)}))

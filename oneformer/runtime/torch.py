@@ -1,0 +1,42 @@
+"""The PyTorch backend: eager inference from one of our checkpoints, on CUDA when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from oneformer.data.tokenizer import TextTable
+from oneformer.model.checkpoint import read_checkpoint
+from oneformer.model.network import load_network
+from oneformer.runtime.postprocess import semantic_scores
+from oneformer.runtime.predictor import ModelInfo, Outputs
+from oneformer.spec import PIXEL_MEAN, PIXEL_STD
+
+
+class TorchPredictor:
+    """PyTorch eager inference from one of our checkpoints (semantic answered as scores, like exports)."""
+
+    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+        ckpt = read_checkpoint(checkpoint)
+        self.path = Path(checkpoint)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = load_network(ckpt).to(self.device)
+        self.labels = ckpt.labels
+        data, one = ckpt.spec.get("dataset", {}), ckpt.spec.get("model", {}).get("one_former", {})
+        self.info = ModelInfo(task=None, output="logits", input_size=None,
+                              mean=data.get("pixel_mean", list(PIXEL_MEAN)), std=data.get("pixel_std", list(PIXEL_STD)),
+                              label_map=ckpt.label_map,
+                              contiguous_id=ckpt.contiguous_id, source=str(self.path),
+                              size_divisibility=one.get("size_divisibility") or 32)
+        cfg = self.net.config
+        self.text = TextTable(self.labels.names, cfg.task_seq_len, cfg.text_encoder_context_length)
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
+        tokens = self.text.task_ids[task].expand(len(pixels), -1).to(self.device)
+        out = self.net(pixel_values=pixels.to(self.device), task_inputs=tokens)
+        cls, masks = out.class_queries_logits.float(), out.masks_queries_logits.float()
+        if task == "semantic":
+            return Outputs(scores=semantic_scores(cls, masks).cpu())
+        return Outputs(class_logits=cls.cpu(), mask_logits=masks.cpu())

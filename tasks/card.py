@@ -1,0 +1,112 @@
+"""The model card: what a registered version is, what it was trained on, how it scored, and whether it can ship."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tasks.results import Conversion, Evaluation, Selection, trial_label
+
+# Spec keys every card shows (the chosen trial's tuned values are added to them).
+KEY_SETTINGS = ("train.optim.lr", "train.optim.backbone_multiplier", "train.optim.weight_decay", "train.num_epochs",
+                "dataset.train.batch_size", "model.sem_seg_head.num_classes", "dataset.image_size",
+                "train.optim.lr_scheduler")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the registry records about one version: its description, its tags, and its alias verdict."""
+
+    name: str
+    spec: dict[str, Any]
+    selection: Selection
+    evaluation: Evaluation | None
+    conversions: tuple[Conversion, ...]
+    params_m: float
+    key_settings: dict[str, Any]
+    data_digest: str
+    train_source: str
+    spec_digest: str
+    flow_run_id: str
+    run_id: str
+    checkpoint_sha256: str
+    version: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Test metrics (empty when the evaluate stage was off)."""
+        return self.evaluation.metrics if self.evaluation else {}
+
+    @property
+    def mIoU(self) -> float:
+        """Test mIoU, else the selection's validation mIoU."""
+        return float(self.metrics.get("mIoU", self.selection.mIoU))
+
+    @property
+    def int8(self) -> Conversion | None:
+        """The INT8 conversion, if the quantize stage ran."""
+        return next((c for c in self.conversions if c.kind == "int8"), None)
+
+    def tags(self) -> dict[str, str]:
+        """Model-version tags: the metric the champion rule reads, lineage digests and run ids."""
+        tags = {"mIoU": f"{self.mIoU:.6f}", "spec_digest": self.spec_digest, "data_digest": self.data_digest,
+                "prefect_flow_run_id": self.flow_run_id, "mlflow_run_id": self.run_id,
+                **{f"metric.{k}": f"{v:.6f}" for k, v in self.metrics.items() if isinstance(v, float)}}
+        if self.int8 is not None and self.int8.skipped is None:
+            tags["int8_agreement"] = f"{self.int8.report['agreement']:.6f}"
+        return tags
+
+    def with_version(self, version: str) -> ModelCard:
+        """The same card, naming its registered version."""
+        return replace(self, version=version)
+
+    def markdown(self) -> str:
+        """Markdown for the version's description."""
+        spec, swin = self.spec, self.spec["model"]["backbone"]["swin"]
+        per_class = self.evaluation.per_class if self.evaluation else []
+        export = spec["export"]
+        parts = [
+            f"# {self.name} v{self.version or '?'}",
+            f"OneFormer ({spec['model']['backbone']['name']}, Swin embed {swin['embed_dim']}, depths {swin['depths']}),"
+            f" {self.params_m:.1f}M parameters, {spec['model']['one_former']['num_object_queries']} queries; exported "
+            f"task: {export['task']} at {export['input_height']}x{export['input_width']}.",
+            "## Data",
+            f"- training data digest `{self.data_digest}` from `{self.train_source}`",
+            f"- {len(per_class)} classes: {', '.join(r['name'] for r in per_class)}",
+            "## Key settings",
+            _table([[k, _fmt(v)] for k, v in self.key_settings.items()], ["spec key", "value"]),
+            "## Test metrics",
+            _table([[k, _fmt(v)] for k, v in self.metrics.items() if isinstance(v, int | float)], ["metric", "value"]),
+            "### Per-class IoU",
+            _table([[r["class"], r["name"], _fmt(float(r["iou"])) if r["iou"] not in (None, "") else "n/a"]
+                    for r in per_class], ["id", "class", "IoU"]),
+            "## AutoML",
+            automl_text(self.selection),
+            "## Conversion parity",
+            _table([c.row() for c in self.conversions], ["conversion", "label agreement", "max abs diff", "mIoU",
+                                                          "status"]),
+            f"\nspec digest `{self.spec_digest}`; Prefect flow run `{self.flow_run_id}`; MLflow run `{self.run_id}`; "
+            f"checkpoint `{Path(self.selection.checkpoint).name}` (sha256 `{self.checkpoint_sha256}`).",
+        ]
+        return "\n\n".join(parts)
+
+
+def automl_text(selection: Selection) -> str:
+    """The chosen trial and the study's trials as markdown."""
+    if selection.trial is None:
+        return "AutoML off: one training run with the spec's values."
+    rows = [[t.number, t.state, "None" if t.mIoU is None else round(t.mIoU, 4), t.epochs, trial_label(t.params)]
+            for t in selection.trials]
+    return (f"Chosen trial **{selection.trial}** of study `{selection.study}` (validation mIoU "
+            f"{selection.mIoU:.4f}).\n\n" + _table(rows, ["trial", "state", "val mIoU", "epochs", "params"]))
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))

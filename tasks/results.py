@@ -1,0 +1,87 @@
+"""What each pipeline stage hands to the next: selected checkpoint, evaluation, conversions, registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One AutoML trial as the model card and the charts show it."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, ...
+    mIoU: float | None  # its best validation mIoU (the last reported one for pruned trials)
+    epochs: int | None
+    params: dict[str, Any]
+
+
+def trial_label(params: dict[str, Any]) -> str:
+    """A trial's values in short form, e.g. `lr=0.001, weight_decay=0.0001`."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The checkpoint training chose by validation mIoU: a study's best trial, or the one training run."""
+
+    checkpoint: str
+    mIoU: float
+    trial: int | None = None  # None when AutoML was off
+    params: dict[str, Any] = field(default_factory=dict)
+    study: str | None = None
+    trials: tuple[Trial, ...] = ()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test metrics of the selected checkpoint, its per-class IoU rows, and the folder holding both."""
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]  # {class, name, iou}
+    folder: str
+
+
+def _maxdiff(report: dict) -> str:
+    diff = report.get("max_abs_diff")
+    if isinstance(diff, dict):
+        return ", ".join(f"{k} {v:.1e}" for k, v in diff.items())
+    return f"{diff:.1e}" if isinstance(diff, float) else ""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One conversion (PyTorch -> ONNX, ONNX -> INT8, ONNX -> TensorRT) with its report, or why it was skipped."""
+
+    kind: str  # onnx, int8, engine_fp16, ...: what the file is
+    name: str  # e.g. "ONNX FP32 -> INT8"
+    file: str | None
+    report: dict[str, Any]
+    skipped: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether it met its agreement bar (a skipped conversion did not)."""
+        return self.skipped is None and bool(self.report.get("passed", True))
+
+    def row(self) -> list[str]:
+        """The parity-table row: conversion, label agreement, max abs diff, mIoU, status."""
+        if self.skipped is not None:
+            return [self.name, "", "", "", f"skipped: {self.skipped[:80]}"]
+        miou = self.report.get("mIoU")
+        miou_text = f"{miou['fp32']:.4f} -> {miou['int8']:.4f}" if isinstance(miou, dict) else ""
+        return [self.name, f"{self.report['agreement']:.4%}", _maxdiff(self.report), miou_text,
+                "pass" if self.passed else "FAIL"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The registered model version and where the aliases point afterwards."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    model_uri: str
+    champion: str | None

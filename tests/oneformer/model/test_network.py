@@ -1,0 +1,55 @@
+"""The network built from the spec: TAO keys mapped, shapes, train/eval switching, freezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oneformer.data.tokenizer import TextTable
+from oneformer.errors import CheckpointError
+from oneformer.model.network import build_network, freeze, hf_config, num_text, set_training_mode
+from oneformer.presets import preset_path
+from oneformer.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def smoke():  # noqa: ANN201
+    spec = load_spec(preset_path("smoke"))
+    config = hf_config(spec.model, ["a", "b", "c", "d", "e", "f"])
+    return spec, config, build_network(config)
+
+
+def test_tao_keys_map_onto_transformers_config(smoke) -> None:  # noqa: ANN001
+    spec, config, _ = smoke
+    assert config.backbone_config.embed_dim == spec.model.backbone.swin.embed_dim
+    assert config.backbone_config.depths == [1, 1, 2, 1]
+    assert config.num_queries == 12 and config.num_labels == 6 and config.id2label[5] == "f"
+    assert num_text(config) == 12 - 4
+
+
+def test_forward_shapes_and_loss(smoke) -> None:  # noqa: ANN001
+    _, config, net = smoke
+    text = TextTable(list(config.id2label.values()), config.task_seq_len, config.text_encoder_context_length)
+    x = torch.randn(2, 3, 64, 64)
+    set_training_mode(net, True)
+    out = net(pixel_values=x, task_inputs=torch.stack([text.task_ids["panoptic"]] * 2),
+              text_inputs=torch.stack([text.text_inputs("panoptic", torch.tensor([1]), num_text(config))] * 2),
+              mask_labels=[torch.ones(1, 64, 64)] * 2, class_labels=[torch.tensor([1])] * 2)
+    assert out.loss.ndim <= 1 and torch.isfinite(out.loss).all()
+    set_training_mode(net, False)
+    with torch.no_grad():
+        a = net(pixel_values=x, task_inputs=torch.stack([text.task_ids["semantic"]] * 2))
+        b = net(pixel_values=x, task_inputs=torch.stack([text.task_ids["semantic"]] * 2))
+    assert a.class_queries_logits.shape == (2, 12, 7) and a.masks_queries_logits.shape == (2, 12, 16, 16)
+    assert torch.equal(a.masks_queries_logits, b.masks_queries_logits)  # eval is deterministic
+    assert not net.model.is_training and not net.config.is_training
+
+
+def test_freeze_patterns(smoke) -> None:  # noqa: ANN001
+    _, config, _ = smoke
+    net = build_network(config)
+    n = freeze(net, ["model.pixel_level_module.encoder*"])
+    assert n > 0
+    assert all(not p.requires_grad for k, p in net.named_parameters() if "pixel_level_module.encoder" in k)
+    with pytest.raises(CheckpointError, match="matches no parameter"):
+        freeze(net, ["nothing.here*"])

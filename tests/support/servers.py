@@ -1,0 +1,78 @@
+"""Real servers for tests, started on 127.0.0.1 and stopped by whoever starts them: S3 (moto), PostgreSQL, ports."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from moto.server import ThreadedMotoServer
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto(port: int = 0) -> Iterator[str]:
+    """An S3 server over HTTP on 127.0.0.1 (a free port unless given); yields its endpoint URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        host, bound = server.get_host_and_port()
+        yield f"http://{host}:{bound}"
+    finally:
+        server.stop()
+
+
+def s3_env(endpoint: str, secret: str = "test") -> dict[str, str]:
+    """The environment that points S3 clients (boto3, s3fs) at `endpoint`."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def postgres_bin() -> Path | None:
+    """The folder with PostgreSQL's initdb and pg_ctl (PATH, then Debian's /usr/lib/postgresql/<v>/bin)."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@contextmanager
+def postgres(bindir: Path) -> Iterator[str]:
+    """A fresh PostgreSQL cluster on a free port with a database `optuna`; yields its SQLAlchemy URL."""
+    root = Path(tempfile.mkdtemp(prefix="oneformer-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as an ordinary user owning the folder
+        entry = next(e for e in pwd.getpwall() if e.pw_name in ("postgres", "nobody"))
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        as_user = ["runuser", "-u", entry.pw_name, "--"]
+    port, data = free_port(), root / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "oneformer", "--auth=trust", "-E", "UTF8")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start")
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=oneformer dbname=postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE optuna")
+        yield f"postgresql://oneformer@127.0.0.1:{port}/optuna"
+    finally:
+        if (data / "postmaster.pid").exists():
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
