@@ -134,7 +134,8 @@ def quantize_onnx(fp32: Path, out: Path, images: list[Path], spec: ExperimentSpe
                  len(images), len(exclude))
         reader = ImageCalibration(images, info, model.graph.input[0].name)
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OPS,
-                        per_channel=cfg.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=METHODS[cfg.calibration_method],
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                        "OpTypesToExcludeOutputQuantization": FLOAT_OUTPUTS})
@@ -176,7 +177,8 @@ def quantize(spec: ExperimentSpec) -> dict:
             metrics = {"fp32": score(reference, spec).result(), "int8": score(int8, spec).result()}
             report = {"source": str(fp32), "onnx_file": str(out), "task": task,
                       "calibration_method": cfg.calibration_method, "calibration_images": len(images),
-                      "per_channel": cfg.per_channel, "ops": OPS, "excluded_nodes": len(exclude), **parity,
+                      "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "ops": OPS,
+                      "excluded_nodes": len(exclude), **parity,
                       "min_agreement": cfg.min_agreement, "mIoU": {k: v.get("mIoU") for k, v in metrics.items()},
                       "metrics": metrics, "size_mb": {"fp32": round(fp32.stat().st_size / 2**20, 2),
                                                       "int8": round(tmp.stat().st_size / 2**20, 2)},
