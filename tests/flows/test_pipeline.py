@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -58,12 +60,17 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
                  "export.input_width": 64, "quantize.num_calibration_images": 2, "automl.sampler": "random"}
     handler = _Capture()
     logging.getLogger().addHandler(handler)
+    before = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
+              "aws": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
     try:
         result = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=2,
                           results_dir=str(results), model_name="synthetic")
     finally:
         logging.getLogger().removeHandler(handler)
-    return {**result, "results": results, "overrides": overrides, "log": "\n".join(handler.lines)}
+    after = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
+             "aws": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    return {**result, "results": results, "overrides": overrides, "log": "\n".join(handler.lines),
+            "process_state": (before, after)}
 
 
 class _Capture(logging.Handler):
@@ -103,6 +110,8 @@ def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> Non
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "eval"}
     trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(trials) == 2 and all(len(c.get_metric_history(t.info.run_id, "mIoU")) >= 1 for t in trials)
+    before, after = first["process_state"]
+    assert after == before  # MLflow's process-wide URIs and the S3 environment are left as they were
     everything = json.dumps([run.data.params, run.data.tags, version.tags]) + first["log"] + \
         (results / "summary.md").read_text() + (results / "spec.yaml").read_text()
     assert SECRET not in everything
