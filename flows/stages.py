@@ -65,7 +65,8 @@ def train(r: TrackedRun, automl_policy: bool) -> Selection:
         r.log_metrics({"best_trial_val_mIoU": selected.mIoU,
                        "trial_epochs_total": sum(t.epochs or 0 for t in selected.trials)})
     else:
-        result = train_once(r.spec, r.uri, tracking.start_run(r.client, r.experiment, "train", r.run))
+        with tracking.child_run(r.client, r.experiment, "train", r.run) as child:
+            result = train_once(r.spec, r.uri, child)
         if not result["best"]:
             raise RuntimeError(f"training in {result['train_dir']} produced no checkpoint with a validation mIoU")
         selected = Selection(checkpoint=result["best"]["path"], mIoU=result["mIoU"])

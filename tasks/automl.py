@@ -166,6 +166,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
         trial.set_user_attr("checkpoint", result["best"]["path"])
     tracking.set_tags(c, run, {"optuna.state": "PRUNED" if prune.pruned_at is not None else "COMPLETE",
                                "epochs": result["epochs"]})
+    c.set_terminated(run, "FINISHED")
     if prune.pruned_at is not None:
         study.tell(trial, state=TrialState.PRUNED)
         state = "PRUNED"

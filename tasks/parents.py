@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import mlflow.artifacts
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -41,15 +43,17 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str
     c = tracking.client(tracking_uri)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
-    uris = {"dst_path": str(out), "tracking_uri": tracking_uri, "registry_uri": tracking.registry_uri(tracking_uri)}
+    uris = {"dst_path": str(out), "tracking_uri": tracking_uri}
     try:
         if parent.startswith("models:/"):
-            if kind == "int8":
-                mv = _model_version(c, parent)
+            # Looked up with this client: MLflow resolves a models:/ URI through its process-wide registry URI.
+            mv = _model_version(c, parent)
+            if kind == "int8":  # the INT8 file is an artifact of the pipeline run that registered the version
                 local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=RUN_ARTIFACTS[kind],
                                                                  **uris))
             else:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent, **uris))
+                source = c.get_model_version_download_uri(mv.name, mv.version)
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, **uris))
         elif RUN_ID.match(parent):
             local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=RUN_ARTIFACTS[kind], **uris))
         else:
@@ -65,7 +69,7 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str
     return str(path)
 
 
-def _model_version(c, uri: str):  # noqa: ANN001, ANN202 - MlflowClient, ModelVersion
+def _model_version(c: MlflowClient, uri: str) -> ModelVersion:
     """models:/name@alias or models:/name/version as a ModelVersion."""
     name, _, ref = uri.removeprefix("models:/").partition("@")
     if ref:

@@ -44,7 +44,7 @@ def champion_mIoU(c: MlflowClient, name: str) -> tuple[str | None, float | None]
     except MlflowException:
         return None, None
     value = mv.tags.get("mIoU")
-    return mv.version, float(value) if value not in (None, "") else None
+    return str(mv.version), float(value) if value not in (None, "") else None
 
 
 def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, name: str, onnx_file: Path,
@@ -67,27 +67,30 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
     """Log the ONNX model (with the checkpoint) in the run, register it, tag it, and move the aliases."""
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
-    model_id, source = log_onnx_model(c, experiment, card.run_id, card.name, Path(onnx_file),
-                                      Path(card.selection.checkpoint))
+    model_id, location = log_onnx_model(c, experiment, card.run_id, card.name, Path(onnx_file),
+                                        Path(card.selection.checkpoint))
     try:
         c.create_registered_model(card.name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = str(c.create_model_version(card.name, source, run_id=card.run_id, tags=card.tags(),
+    # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry resolves
+    # that URI through the process-wide tracking URI, which this client does not set.
+    tags = card.tags()
+    version = str(c.create_model_version(card.name, location, run_id=card.run_id, tags=tags,
                                          model_id=model_id).version)
     c.update_model_version(card.name, version, description=card.with_version(version).markdown())
     c.set_registered_model_alias(card.name, "candidate", version)
     old, old_miou = champion_mIoU(c, card.name)
+    miou = float(tags["mIoU"])  # as the tag holds it, so a champion re-scored the same compares equal
     int8_passed = card.int8 is not None and card.int8.passed
-    promote = int8_passed and (old_miou is None or card.mIoU >= old_miou)
+    promote = int8_passed and (old_miou is None or miou >= old_miou)
     if promote:
         c.set_registered_model_alias(card.name, "champion", version)
-        logger.info("%s v%s is the champion (mIoU %.4f%s)", card.name, version, card.mIoU,
+        logger.info("%s v%s is the champion (mIoU %.4f%s)", card.name, version, miou,
                     f", was v{old} at {old_miou:.4f}" if old else "")
     else:
-        why = "INT8 agreement failed" if not int8_passed else \
-            f"mIoU {card.mIoU:.4f} < champion v{old}'s {old_miou:.4f}"
+        why = "INT8 agreement failed" if not int8_passed else f"mIoU {miou:.4f} < champion v{old}'s {old_miou:.4f}"
         logger.info("%s v%s stays a candidate: %s", card.name, version, why)
     aliases = c.get_model_version(card.name, version).aliases
     return Registration(name=card.name, version=version, aliases=list(aliases),

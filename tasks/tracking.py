@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,10 @@ def tracking_uri(explicit: str | None, results_dir: str | Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve()}/mlflow.db"
 
 
-def registry_uri(uri: str) -> str:
-    """MLFLOW_REGISTRY_URI when set, else the tracking URI (MLflow's own rule)."""
-    return os.environ.get("MLFLOW_REGISTRY_URI") or uri
-
-
 def client(uri: str) -> MlflowClient:
-    """A client bound to one tracking and registry URI; MLflow's process-wide URIs are left as they are."""
-    return MlflowClient(tracking_uri=uri, registry_uri=registry_uri(uri))
+    """A client bound to one tracking URI and its registry (MLFLOW_REGISTRY_URI, else the same URI); MLflow's
+    process-wide URIs are left as they are."""
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
 
 def experiment_id(c: MlflowClient, name: str, artifact_root: Path | None) -> str:
@@ -47,6 +45,18 @@ def start_run(c: MlflowClient, exp: str, name: str, parent: str | None = None,
     if parent:
         all_tags[PARENT_TAG] = parent
     return c.create_run(exp, run_name=name, tags=all_tags).info.run_id
+
+
+@contextmanager
+def child_run(c: MlflowClient, exp: str, name: str, parent: str) -> Iterator[str]:
+    """A run nested under `parent`, closed FINISHED when the block ends, or FAILED if it raises."""
+    run = start_run(c, exp, name, parent)
+    try:
+        yield run
+    except BaseException:
+        c.set_terminated(run, "FAILED")
+        raise
+    c.set_terminated(run, "FINISHED")
 
 
 def log_spec(c: MlflowClient, run: str, spec: ExperimentSpec, path: Path) -> None:

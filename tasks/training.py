@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from mlflow.entities import Metric
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 from oneformer.actions.train import train
 from oneformer.model.checkpoint import best_entry, read_index
 from oneformer.spec import ExperimentSpec
+from tasks import tracking
+
+
+class RunLogger(Logger):
+    """Lightning's metrics into one MLflow run, through a client bound to the run's tracking URI.
+
+    Written here because Lightning's MLFlowLogger sets MLflow's process-wide tracking URI on first use, which then
+    leaks into every later flow the same worker process runs. The run's owner closes the run, not this logger.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        super().__init__()
+        self.client, self.run_id = tracking.client(tracking_uri), run_id
+
+    @property
+    def name(self) -> str:
+        """Lightning's name for this logger."""
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        """The MLflow run the metrics go to."""
+        return self.run_id
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """One batch of metrics at a training step."""
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if rows:
+            self.client.log_batch(self.run_id, metrics=rows)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the flows log the whole spec as the run's params."""
 
 
 class PruneOnPlateau(pl.Callback):
@@ -41,8 +79,7 @@ def epochs_run(train_dir: Path) -> int:
 def run_training(spec: ExperimentSpec, tracking_uri: str, run_id: str,
                  callbacks: list[pl.Callback] | None = None) -> dict:
     """The train action with per-epoch metrics going to the MLflow run `run_id`; returns the best entry."""
-    logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
-    result = train(spec, callbacks=callbacks, logger=logger)
+    result = train(spec, callbacks=callbacks, logger=RunLogger(tracking_uri, run_id))
     train_dir = Path(result["train_dir"])
     best = best_entry(read_index(train_dir))
     return {"train_dir": str(train_dir), "best": best, "epochs": epochs_run(train_dir),
