@@ -27,8 +27,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q -rs
 
-# Fast tier (under 2 minutes on 2 cores): every action and predictor on a random-weights checkpoint, a real
-# training step, staging against S3; the slow tier adds learning, the pipeline and a Prefect server + worker.
+# Fast tier (under 2 minutes on 2 cores): training steps, the actions and every predictor on a random-weights
+# checkpoint, staging against S3; the slow tier adds learning, the pipeline and a Prefect server + worker.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

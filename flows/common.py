@@ -18,7 +18,7 @@ from oneformer.artifacts import write_text
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec, with_values
 from tasks import tracking
 from tasks.parents import resolve_parent
-from tasks.staging import stage_data
+from tasks.staging import s3_options, stage_data
 
 
 def spec_from(inputs: ActionInputs) -> ExperimentSpec:
@@ -62,7 +62,12 @@ class TrackedRun:
 
     def parent_file(self, parent: str, kind: str) -> str:
         """A local file of the parent's (checkpoint, onnx or int8), downloaded into this run's results folder."""
-        return resolve_parent(parent, kind, self.uri, str(self.results / "parent"))
+        return resolve_parent(parent, kind, self.uri, str(self.results / "parent"), self.inputs.s3_secret_block)
+
+    def staged(self, action: str) -> ExperimentSpec:
+        """This run's spec with the files `action` reads staged to local paths."""
+        return with_values(self.spec, stage_data(action, self.inputs.sources, self.inputs.s3_secret_block, self.spec),
+                           f"{action} spec")
 
     @property
     def url(self) -> str:
@@ -76,9 +81,10 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
     """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error)."""
     logger = get_run_logger()
     base = spec_from(inputs)
+    s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
     results = Path(base.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    staged = stage_data(stage, inputs.sources, inputs.s3_secret_block)
+    staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base)
     spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
     path = write_text(results / spec_file, dump_spec(spec))
     uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)

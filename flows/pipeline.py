@@ -43,7 +43,7 @@ def pipeline(
         selected = stage.train(r, automl_policy)
         evaluation = stage.evaluate(r, selected) if stages.evaluate else None
         conversions = stage.convert(r, selected, stages, trt_precisions)
-        artifacts = {c.kind: c.file for c in conversions if c.file}
+        artifacts = {c.kind: c.file for c in conversions if c.file and c.kind in ("onnx", "int8")}
         if stages.inference and (folder := stage.overlays(r, selected)):
             artifacts["overlays"] = folder
         registration = None
@@ -54,8 +54,7 @@ def pipeline(
     return {"checkpoint": selected.checkpoint, "mlflow_run_id": r.run, "tracking_uri": r.uri,
             "chosen": {k: v for k, v in asdict(selected).items() if k != "trials"},
             "trials": [asdict(t) for t in selected.trials], "metrics": evaluation.metrics if evaluation else {},
-            "conversions": [{"kind": c.kind, "name": c.name, "file": c.file, "passed": c.passed,
-                             "skipped": c.skipped} for c in conversions],
+            "engines": {c.kind.removeprefix("engine_"): c.report for c in conversions if c.kind.startswith("engine_")},
             "artifacts": artifacts, "registered": asdict(registration) if registration else None}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -16,28 +15,19 @@ from flows.common import TrackedRun
 from flows.params import Stages
 from oneformer.artifacts import sha256, write_text
 from oneformer.model.checkpoint import read_checkpoint
-from oneformer.spec import dump_spec, flatten, with_values
+from oneformer.spec import dump_spec, flatten
 from tasks import actions, charts, tracking
 from tasks.automl import run_study, selection
 from tasks.card import KEY_SETTINGS, ModelCard
 from tasks.registry import register
-from tasks.results import Conversion, Evaluation, Registration, Selection
-from tasks.staging import data_digest, stage_data
+from tasks.results import Conversion, Evaluation, Lineage, Registration, Selection
+from tasks.staging import data_digest
 from tasks.training import train_once
 
 
 def digest(text: str) -> str:
     """Short sha256 of a text."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """What a model version traces back to: the spec and the data, as digests and a source URI."""
-
-    spec_digest: str
-    data: dict[str, str]  # "all" plus one digest per source folder
-    train_source: str
 
 
 def lineage(r: TrackedRun) -> Lineage:
@@ -78,7 +68,7 @@ def train(r: TrackedRun, automl_policy: bool) -> Selection:
 
 def evaluate(r: TrackedRun, selected: Selection) -> Evaluation:
     """Test metrics and per-class IoU of the selected checkpoint, logged with a chart."""
-    spec = with_values(r.spec, stage_data("evaluate", r.inputs.sources, r.inputs.s3_secret_block))
+    spec = r.staged("evaluate")
     metrics = actions.evaluate(spec, selected.checkpoint)
     folder = spec.action_dir("evaluate")
     with open(folder / "per_class_iou.csv") as f:
@@ -91,19 +81,18 @@ def evaluate(r: TrackedRun, selected: Selection) -> Evaluation:
 
 def convert(r: TrackedRun, selected: Selection, stages: Stages, precisions: list[str]) -> tuple[Conversion, ...]:
     """ONNX export, INT8 quantization and TensorRT engines, each with its parity report."""
-    spec, sources, block = r.spec, r.inputs.sources, r.inputs.s3_secret_block
+    spec = r.spec
     out: list[Conversion] = []
     onnx_file = int8_file = None
     if stages.export or stages.quantize:
         onnx_file = str(spec.action_dir("export") / "model.onnx")
-        report = actions.export(with_values(spec, stage_data("export", sources, block)), selected.checkpoint,
-                                onnx_file)
+        report = actions.export(r.staged("export"), selected.checkpoint, onnx_file)
         out.append(Conversion("onnx", "PyTorch -> ONNX FP32", onnx_file, report))
         r.log_files([onnx_file, onnx_file + ".report.json"], "export")
         r.log_metrics({"export_agreement": report["agreement"]})
     if stages.quantize and onnx_file:
         int8_file = str(spec.action_dir("quantize") / "model.int8.onnx")
-        report = actions.quantize(with_values(spec, stage_data("quantize", sources, block)), onnx_file, int8_file)
+        report = actions.quantize(r.staged("quantize"), onnx_file, int8_file)
         out.append(Conversion("int8", "ONNX FP32 -> INT8", int8_file, report))
         r.log_files([int8_file, int8_file + ".report.json"], "quantize")
         r.log_metrics({"int8_agreement": report["agreement"], "int8_val_mIoU": report["mIoU"]["int8"] or 0.0})
@@ -125,11 +114,9 @@ def convert(r: TrackedRun, selected: Selection, stages: Stages, precisions: list
 
 def overlays(r: TrackedRun, selected: Selection) -> str | None:
     """Inference overlays of the selected checkpoint (the first eight logged); None without inference images."""
-    sources = r.inputs.sources
-    if not (sources.inference or r.spec.inference.images_dir):
+    if not (r.inputs.sources.inference or r.spec.inference.images_dir):
         return None
-    spec = with_values(r.spec, stage_data("inference", sources, r.inputs.s3_secret_block))
-    folder = Path(actions.inference(spec, selected.checkpoint)["results_dir"]) / "overlays"
+    folder = Path(actions.inference(r.staged("inference"), selected.checkpoint)["results_dir"]) / "overlays"
     r.log_files(sorted(folder.glob("*.png"))[:8], "overlays")
     return str(folder)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,8 +23,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     file, or nothing, in place.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")  # two writers never share one
     try:
         yield tmp
         os.replace(tmp, path)
@@ -52,12 +52,9 @@ def write_json(path: Path, data: Any, indent: int | None = 1) -> Path:
 
 def link(path: Path, target: str) -> Path:
     """Point the symlink `path` at `target` (relative to its folder), replacing any old link in one step."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.symlink_to(target)
+    return Path(path)
 
 
 def sha256(path: Path) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import mlflow.artifacts
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -17,6 +17,7 @@ from oneformer.data.staging import is_remote, stage
 from oneformer.errors import CheckpointError
 from oneformer.model.checkpoint import resolve
 from tasks import tracking
+from tasks.staging import s3_options
 
 Kind = Literal["checkpoint", "onnx", "int8"]
 # Where the pipeline logs each kind in its MLflow run.
@@ -37,7 +38,7 @@ def _pick(folder: Path, kind: Kind, parent: str) -> Path:
 
 @task(name="resolve-parent", task_run_name="resolve {kind} from {parent}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=5)
-def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str:
+def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_secret_block: str | None = None) -> str:
     """A local file for `parent`: models:/name@alias or models:/name/version, an MLflow run id, or a path/URI."""
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
@@ -46,18 +47,23 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str
     uris = {"dst_path": str(out), "tracking_uri": tracking_uri}
     try:
         if parent.startswith("models:/"):
-            # Looked up with this client: MLflow resolves a models:/ URI through its process-wide registry URI.
-            mv = _model_version(c, parent)
+            # Resolved with this client (MLflow's own download resolves models:/ through its process-wide registry
+            # URI), by MLflow's parser: name/version, name@alias, name/stage, name/latest, and a path below them.
+            base, below = ModelsArtifactRepository.split_models_uri(parent)
+            name, version = get_model_name_and_version(c, base)
             if kind == "int8":  # the INT8 file is an artifact of the pipeline run that registered the version
-                local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=RUN_ARTIFACTS[kind],
+                run_id = c.get_model_version(name, version).run_id
+                local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_ARTIFACTS[kind],
                                                                  **uris))
             else:
-                source = c.get_model_version_download_uri(mv.name, mv.version)
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, **uris))
+                source = c.get_model_version_download_uri(name, version).rstrip("/")
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{below}".rstrip("/"),
+                                                                 **uris))
         elif RUN_ID.match(parent):
             local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=RUN_ARTIFACTS[kind], **uris))
         else:
-            local = stage(parent, "parent") if is_remote(parent) or Path(parent).exists() else Path(parent)
+            local = stage(parent, "parent", s3_options(s3_secret_block)) if is_remote(parent) or \
+                Path(parent).exists() else Path(parent)
             if not local.exists():
                 raise CheckpointError(f"parent {parent}: no such file, MLflow run id or models:/ URI")
             if local.is_dir() and kind == "checkpoint":
@@ -67,12 +73,3 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str) -> str
     path = _pick(local, kind, parent)
     logger.info("parent %s -> %s", parent, path)
     return str(path)
-
-
-def _model_version(c: MlflowClient, uri: str) -> ModelVersion:
-    """models:/name@alias or models:/name/version as a ModelVersion."""
-    name, _, ref = uri.removeprefix("models:/").partition("@")
-    if ref:
-        return c.get_model_version_by_alias(name, ref)
-    name, _, version = name.partition("/")
-    return c.get_model_version(name, version)

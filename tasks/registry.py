@@ -9,8 +9,9 @@ from typing import Any
 import mlflow.onnx
 import numpy as np
 import onnx
+from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from prefect import get_run_logger, task
@@ -47,19 +48,33 @@ def champion_mIoU(c: MlflowClient, name: str) -> tuple[str | None, float | None]
     return str(mv.version), float(value) if value not in (None, "") else None
 
 
-def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, name: str, onnx_file: Path,
-                   checkpoint: Path) -> tuple[str, str]:
-    """The ONNX flavour (with its signature and the checkpoint beside it) as a logged model of the run; returns
-    its id and artifact location. Written with the client: mlflow's fluent log_model needs process-wide URIs."""
-    model = c.create_logged_model(experiment, name=name, source_run_id=run_id, model_type="onnx")
-    with tempfile.TemporaryDirectory(prefix="oneformer-model-") as tmp:
-        local = Path(tmp) / "model"
-        mlflow.onnx.save_model(onnx.load(str(onnx_file)), str(local), signature=signature(onnx_file),
-                               extra_files=[str(checkpoint)], onnx_execution_providers=["CPUExecutionProvider"],
-                               save_as_external_data=False)
-        c.log_model_artifacts(model.model_id, str(local))
-    c.finalize_logged_model(model.model_id, "READY")
-    return model.model_id, model.artifact_location
+def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, onnx_file: Path, checkpoint: Path) -> LoggedModel:
+    """The ONNX flavour (its signature, the checkpoint beside it) as the run's logged model "model", with what
+    mlflow.onnx.log_model records: the run's params, the run's output link, its step-0 metrics and the MLmodel ids.
+    Written with the client, because the fluent log_model needs MLflow's process-wide tracking URI."""
+    run = c.get_run(run_id)
+    model = c.create_logged_model(experiment, name="model", source_run_id=run_id, model_type="onnx",
+                                  params=dict(run.data.params))
+    try:
+        with tempfile.TemporaryDirectory(prefix="oneformer-model-") as tmp:
+            local = Path(tmp) / "model"
+            ids = Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id,
+                        model_id=model.model_id)
+            mlflow.onnx.save_model(onnx.load(str(onnx_file)), str(local), mlflow_model=ids,
+                                   signature=signature(onnx_file), extra_files=[str(checkpoint)],
+                                   onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
+                                   # the flavour's own list: inferring it runs a subprocess (2 s) to find the same
+                                   pip_requirements=mlflow.onnx.get_default_pip_requirements())
+            c.log_model_artifacts(model.model_id, str(local))
+        c.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
+                   for key in run.data.metrics for m in c.get_metric_history(run_id, key) if m.step == 0]
+        if metrics:
+            c.log_batch(run_id, metrics=metrics)
+    except BaseException:
+        c.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    return c.finalize_logged_model(model.model_id, "READY")
 
 
 @task(name="register", task_run_name="register {card.name}", cache_policy=NO_CACHE)
@@ -67,8 +82,7 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
     """Log the ONNX model (with the checkpoint) in the run, register it, tag it, and move the aliases."""
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
-    model_id, location = log_onnx_model(c, experiment, card.run_id, card.name, Path(onnx_file),
-                                        Path(card.selection.checkpoint))
+    model = log_onnx_model(c, experiment, card.run_id, Path(onnx_file), Path(card.selection.checkpoint))
     try:
         c.create_registered_model(card.name)
     except MlflowException as exc:
@@ -77,8 +91,8 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
     # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry resolves
     # that URI through the process-wide tracking URI, which this client does not set.
     tags = card.tags()
-    version = str(c.create_model_version(card.name, location, run_id=card.run_id, tags=tags,
-                                         model_id=model_id).version)
+    version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id, tags=tags,
+                                         model_id=model.model_id).version)
     c.update_model_version(card.name, version, description=card.with_version(version).markdown())
     c.set_registered_model_alias(card.name, "candidate", version)
     old, old_miou = champion_mIoU(c, card.name)

@@ -85,3 +85,12 @@ class Registration:
     aliases: list[str]
     model_uri: str
     champion: str | None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a model version traces back to: the spec and the data, as digests and a source URI."""
+
+    spec_digest: str
+    data: dict[str, str]  # "all" plus one digest per source folder
+    train_source: str

@@ -9,8 +9,9 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from oneformer.actions import TABLE
-from oneformer.data.staging import fingerprint, stage_all
+from oneformer.data.staging import fingerprint, is_remote, stage_all
 from oneformer.errors import OneFormerError
+from oneformer.spec import ExperimentSpec
 from tasks.sources import DataSources, required
 
 # Keys a Secret block may hold, and where each goes in s3fs's storage options.
@@ -28,8 +29,12 @@ def s3_options(block: str | None) -> dict:
         return {}
     from prefect.blocks.system import Secret
 
-    value = Secret.load(block).get()
-    settings = json.loads(value) if isinstance(value, str) else dict(value)
+    try:
+        value = Secret.load(block).get()
+        settings = json.loads(value) if isinstance(value, str) else dict(value)
+    except ValueError as exc:  # no such block, or a value that is not a JSON object
+        raise ValueError(f"s3_secret_block {block!r}: {exc}; save a Secret block holding JSON with some of "
+                         f"{sorted(S3_SECRET_KEYS)}") from None
     unknown = sorted(set(settings) - set(S3_SECRET_KEYS))
     if unknown:
         raise ValueError(f"Secret block {block!r}: unknown keys {unknown}; expected some of {sorted(S3_SECRET_KEYS)}")
@@ -55,11 +60,13 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
 @task(name="stage-data", task_run_name="stage {action} data", retries=3,
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
       retry_condition_fn=transient)
-def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = None) -> dict[str, str]:
-    """Local paths for every file `action` needs (spec key -> path), staged side by side; unchanged objects reuse
-    the staged copy."""
+def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = None,
+               spec: ExperimentSpec | None = None) -> dict[str, str]:
+    """Local paths for every file `action` needs (spec key -> path), from the sources and from remote URIs the spec
+    itself names, staged side by side with the block's S3 settings; unchanged objects reuse the staged copy."""
     logger = get_run_logger()
-    uris = required(action, sources)
+    named = {i.key: str(v) for i in TABLE[action].inputs if spec and (v := spec.value_at(i.key)) and is_remote(str(v))}
+    uris = {**named, **required(action, sources)}
     out = {key: str(path) for key, path in stage_all(uris, options=s3_options(s3_secret_block)).items()}
     for key, uri in uris.items():
         logger.info("%s: %s -> %s", key, uri, out[key])

@@ -83,13 +83,12 @@ def set_tags(c: MlflowClient, run: str, tags: dict[str, Any]) -> None:
 
 
 def log_files(c: MlflowClient, run: str, files: list[str | Path], folder: str) -> list[str]:
-    """Existing files as artifacts under `folder`; returns what was logged."""
-    done = []
+    """Files as artifacts under `folder`; a missing one is an error (an action said it wrote it)."""
     for f in files:
-        if f and Path(f).is_file():
-            c.log_artifact(run, str(f), folder)
-            done.append(str(f))
-    return done
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"cannot log {f} to MLflow run {run}: the file does not exist")
+        c.log_artifact(run, str(f), folder)
+    return [str(f) for f in files]
 
 
 def log_dataset(c: MlflowClient, run: str, name: str, source: str, digest: str, context: str) -> None:

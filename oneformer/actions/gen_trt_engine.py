@@ -26,7 +26,6 @@ from oneformer.spec import ExperimentSpec
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class BuildSettings:
     """Everything the builder needs, resolved from the spec and the ONNX file."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
@@ -19,13 +22,35 @@ from oneformer.training.trainer import build_trainer, resume_path
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def training_settings(seed: int) -> Iterator[None]:
+    """Seed everything and allow TF32 matmuls while training, then put back the process-wide settings this changed
+    (float32 matmul precision, Lightning's seed variables), so later work in the same process is unaffected."""
+    precision = torch.get_float32_matmul_precision()
+    saved = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
           logger: pl.loggers.Logger | bool = False) -> dict:
     """Train (or resume) and return the train folder, the best checkpoint entry and the index."""
+    with training_settings(spec.train.seed):
+        return _train(spec, callbacks, logger)
+
+
+def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl.loggers.Logger | bool) -> dict:
     train_dir = spec.action_dir("train")
     train_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")
     labels = read_labels(spec)
     config = hf_config(spec.model, labels.names)
     text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from servers import s3_env
@@ -61,14 +62,14 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
     handler = _Capture()
     logging.getLogger().addHandler(handler)
     before = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
-              "aws": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+              "environment": dict(os.environ), "matmul": torch.get_float32_matmul_precision()}
     try:
         result = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=2,
                           results_dir=str(results), model_name="synthetic")
     finally:
         logging.getLogger().removeHandler(handler)
     after = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
-             "aws": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+             "environment": dict(os.environ), "matmul": torch.get_float32_matmul_precision()}
     return {**result, "results": results, "overrides": overrides, "log": "\n".join(handler.lines),
             "process_state": (before, after)}
 
@@ -110,8 +111,11 @@ def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> Non
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "eval"}
     trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(trials) == 2 and all(len(c.get_metric_history(t.info.run_id, "mIoU")) >= 1 for t in trials)
-    before, after = first["process_state"]
-    assert after == before  # MLflow's process-wide URIs and the S3 environment are left as they were
+    before, after = first["process_state"]  # MLflow's process-wide URIs, the environment and torch's settings
+    changed = {k for k in before["environment"].keys() | after["environment"].keys()
+               if before["environment"].get(k) != after["environment"].get(k)} - {"_MLFLOW_TELEMETRY_SESSION_ID"}
+    assert changed == set() and {k: v for k, v in after.items() if k != "environment"} == \
+        {k: v for k, v in before.items() if k != "environment"}
     everything = json.dumps([run.data.params, run.data.tags, version.tags]) + first["log"] + \
         (results / "summary.md").read_text() + (results / "spec.yaml").read_text()
     assert SECRET not in everything

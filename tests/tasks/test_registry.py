@@ -10,6 +10,7 @@ import mlflow.pyfunc
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper
 from prefect import flow
 
@@ -79,3 +80,6 @@ def test_champion_moves_only_for_a_passing_int8_at_least_as_good(prefect_api, st
     assert out["scores"].shape == (2, 3, 8, 8)
     local = Path(mlflow.artifacts.download_artifacts("models:/registry-test@champion", dst_path=str(store["dir"])))
     assert {"MLmodel", "model.onnx", "model_epoch_000_step_00001.pth"} <= {p.name for p in local.rglob("*")}
+    outputs = {o.model_id for o in c.get_run(store["run"]).outputs.model_outputs}  # the run lists its models
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert len(outputs) == 4 and mlmodel["model_id"] in outputs and mlmodel["run_id"] == store["run"]

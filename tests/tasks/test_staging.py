@@ -11,6 +11,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from uuid import UUID
 
 import boto3
 import pytest
@@ -32,12 +33,23 @@ def _archive() -> bytes:
     return buf.getvalue()
 
 
+def run_count(task_run_id: UUID) -> int:
+    """How often the API saw a task run start, once it has recorded the run's final state (it records them a
+    moment after the task returns)."""
+    with get_client(sync_client=True) as client:
+        for _ in range(100):
+            task_run = client.read_task_run(task_run_id)
+            if task_run.state is not None and task_run.state.is_final():
+                return task_run.run_count
+            time.sleep(0.1)
+    raise TimeoutError(f"task run {task_run_id} has no final state in the API after 10 s")
+
+
 @flow
 def stage_flow(action: str, sources: DataSources, block: str | None = None) -> dict:
     """The task's outcome as plain values (a failed state returned from a flow would fail the flow)."""
     state = stage_data(action, sources, block, return_state=True)
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_run(state.state_details.task_run_id).run_count
+    runs = run_count(state.state_details.task_run_id)
     try:
         return {"staged": state.result(), "runs": runs}
     except DataError as exc:

@@ -16,13 +16,25 @@ from oneformer.errors import CheckpointError
 from oneformer.model.checkpoint import LATEST, read_checkpoint, resolve
 from oneformer.spec import load_spec
 
+FROZEN = "model.pixel_level_module.encoder"  # the Swin backbone
+
 
 @pytest.fixture(scope="module")
-def short(small_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two epochs of one optimizer step each (6 images, batch 4) with validation on the 4 eval images."""
+def short(small_synth: Path, random_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two epochs of one optimizer step each (6 images, batch 4), validated on the 4 eval images, starting from
+    the random-weights checkpoint with the backbone frozen."""
     results = tmp_path_factory.mktemp("short")
-    spec = load_spec(small_synth, [f"results_dir={results}", "train.num_epochs=2"])
-    return {"spec_path": small_synth, "results": results, **train(spec)}
+    overrides = [f"results_dir={results}", f"train.pretrained_model={random_checkpoint}", f"train.freeze=[{FROZEN}]"]
+    spec = load_spec(small_synth, [*overrides, "train.num_epochs=2"])
+    return {"spec_path": small_synth, "results": results, "overrides": overrides, **train(spec)}
+
+
+def test_training_starts_from_the_given_weights_and_keeps_frozen_ones(short: dict, random_checkpoint: Path) -> None:
+    start, end = read_checkpoint(random_checkpoint).state_dict, read_checkpoint(short["checkpoints"][-1]["path"])
+    frozen = [k for k in start if k.startswith(FROZEN)]
+    trained = [k for k in start if not k.startswith(FROZEN) and k.endswith("class_embed.weight")]
+    assert frozen and all(torch.equal(start[k], end.state_dict[k]) for k in frozen)
+    assert trained and not any(torch.equal(start[k], end.state_dict[k]) for k in trained)  # two real steps
 
 
 def test_tao_results_layout(short: dict) -> None:
@@ -73,7 +85,7 @@ def test_evaluate_scores_the_best_checkpoint_as_validation_did(short: dict) -> N
 
 def test_training_resumes_from_latest(short: dict) -> None:
     before = short["checkpoints"]
-    spec = load_spec(short["spec_path"], [f"results_dir={short['results']}", "train.num_epochs=3"])
+    spec = load_spec(short["spec_path"], [*short["overrides"], "train.num_epochs=3"])  # the same run, longer
     result = train(spec)
     assert len(result["checkpoints"]) == len(before) + 1  # one more epoch, not a restart
     assert result["checkpoints"][-1]["step"] == before[-1]["step"] + 1
