@@ -41,7 +41,6 @@ def _pick(folder: Path, kind: Kind, parent: str) -> Path:
 def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_secret_block: str | None = None) -> str:
     """A local file for `parent`: models:/name@alias or models:/name/version, an MLflow run id, or a path/URI."""
     logger = get_run_logger()
-    c = tracking.client(tracking_uri)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     uris = {"dst_path": str(out), "tracking_uri": tracking_uri}
@@ -50,6 +49,7 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_sec
             # Resolved with this client (MLflow's own download resolves models:/ through its process-wide registry
             # URI), by MLflow's parser: name/version, name@alias, name/stage, name/latest, and a path below them.
             base, below = ModelsArtifactRepository.split_models_uri(parent)
+            c = tracking.client(tracking_uri)  # only here: a client opens (and may create) the tracking store
             name, version = get_model_name_and_version(c, base)
             if kind == "int8":  # the INT8 file is an artifact of the pipeline run that registered the version
                 run_id = c.get_model_version(name, version).run_id

@@ -13,13 +13,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from uuid import UUID
 
-import boto3
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from servers import free_port, moto, s3_env
 
 from oneformer.errors import DataError
+from oneformer.spec import ExperimentSpec, load_spec
+from tasks.parents import resolve_parent
 from tasks.sources import DataSources
 from tasks.staging import s3_options, stage_data
 
@@ -46,9 +47,9 @@ def run_count(task_run_id: UUID) -> int:
 
 
 @flow
-def stage_flow(action: str, sources: DataSources, block: str | None = None) -> dict:
+def stage_flow(action: str, sources: DataSources, block: str | None = None, spec: ExperimentSpec | None = None) -> dict:
     """The task's outcome as plain values (a failed state returned from a flow would fail the flow)."""
-    state = stage_data(action, sources, block, return_state=True)
+    state = stage_data(action, sources, block, spec, return_state=True)
     runs = run_count(state.state_details.task_run_id)
     try:
         return {"staged": state.result(), "runs": runs}
@@ -56,20 +57,22 @@ def stage_flow(action: str, sources: DataSources, block: str | None = None) -> d
         return {"error": str(exc), "runs": runs}
 
 
-def test_stage_retries_until_storage_is_back(prefect_api, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+@flow
+def parent_flow(parent: str, dest: str, block: str) -> str:
+    """resolve_parent for an S3 parent, in a flow run as the action flows call it."""
+    return resolve_parent(parent, "checkpoint", f"sqlite:///{dest}/mlflow.db", dest, block)
+
+
+def test_stage_retries_until_storage_is_back(prefect_api, s3, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
                                              tmp_path: Path) -> None:
+    # moto's servers in one process share one store: the object is there before its new endpoint comes up
+    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
     port = free_port()
-    for k, v in {**s3_env(f"http://127.0.0.1:{port}"), "AWS_MAX_ATTEMPTS": "1",
+    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
                  "ONEFORMER_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
-
-    def serve(stack: ExitStack) -> None:
-        client = boto3.client("s3", endpoint_url=stack.enter_context(moto(port)))
-        client.create_bucket(Bucket="data")
-        client.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
-
     with ExitStack() as stack:
-        later = threading.Timer(3.0, serve, [stack])  # the endpoint is down for 3 s
+        later = threading.Timer(3.0, lambda: stack.enter_context(moto(port)))  # the endpoint is down for 3 s
         later.start()
         try:
             out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"))
@@ -108,6 +111,12 @@ def test_secret_block_settings_stage_without_touching_the_environment(prefect_ap
 
     staged = out["staged"]["dataset.quant_calibration_dataset.images_dir"]
     assert (Path(staged) / "a.jpg").read_bytes() == b"jpg"
+    in_spec = load_spec(None, {"dataset.quant_calibration_dataset.images_dir": "s3://data/d/calibration/images.tar.gz"})
+    out = stage_flow("quantize", DataSources(), "s3-settings", in_spec)  # an s3:// path the spec itself names
+    assert out["staged"] == {"dataset.quant_calibration_dataset.images_dir": staged}
+    s3.put_object(Bucket="data", Key="models/model.pth", Body=b"weights")
+    parent = parent_flow("s3://data/models/model.pth", str(tmp_path / "parent"), "s3-settings")
+    assert Path(parent).read_bytes() == b"weights"
     assert dict(os.environ) == before  # nothing was left for the next flow run in this process to inherit
     assert s3_options("s3-settings") == {"key": "block-key", "secret": "block-secret", "client_kwargs": {
         "endpoint_url": endpoint, "region_name": "us-east-1"}}
