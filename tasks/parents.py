@@ -17,7 +17,7 @@ from oneformer.data.staging import is_remote, stage
 from oneformer.errors import CheckpointError
 from oneformer.model.checkpoint import resolve
 from tasks import tracking
-from tasks.staging import s3_options
+from tasks.staging import s3_options, transient
 
 Kind = Literal["checkpoint", "onnx", "int8"]
 # Where the pipeline logs each kind in its MLflow run.
@@ -37,7 +37,7 @@ def _pick(folder: Path, kind: Kind, parent: str) -> Path:
 
 
 @task(name="resolve-parent", task_run_name="resolve {kind} from {parent}", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=5)
+      retry_delay_seconds=5, retry_condition_fn=transient)  # a parent that does not exist is not retried
 def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_secret_block: str | None = None) -> str:
     """A local file for `parent`: models:/name@alias or models:/name/version, an MLflow run id, or a path/URI."""
     logger = get_run_logger()
