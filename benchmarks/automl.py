@@ -29,13 +29,13 @@ from tasks.search_space import search_space
 def study(spec, name: str, trials: list[dict], uri: str) -> dict:  # noqa: ANN001
     """Enqueue the trials, run the study, and summarize it."""
     storage = rdb_storage(spec)
-    s = open_study(spec, study_name(spec), storage)  # the study run_study continues
+    s = open_study(spec, study_name(spec, "benchmark"), storage)  # the study run_study continues
     for params in trials:
         s.enqueue_trial(params)
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, "automl-benchmark", Path(spec.results_dir) / "mlartifacts")
     t0 = time.monotonic()
-    s = run_study(spec, uri, exp, tracking.start_run(c, exp, name))
+    s = run_study(spec, uri, exp, tracking.start_run(c, exp, name), "benchmark", name)
     done = [t for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {"best_mIoU": max(t.value for t in done), "epochs": sum(t.user_attrs.get("epochs", 0) for t in s.trials),
             "seconds": round(time.monotonic() - t0, 1),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,13 +13,16 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, runtime
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.tasks import Task
 
 from flows.params import ActionInputs
-from oneformer.artifacts import write_text
+from oneformer.artifacts import write_json, write_text
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec, with_values
 from tasks import tracking
+from tasks.locks import exclusive
 from tasks.parents import resolve_parent
+from tasks.stage_cache import cached
 from tasks.staging import s3_options, stage_data
 
 
@@ -46,6 +51,7 @@ class TrackedRun:
     experiment: str
     run: str
     flow_run_id: str
+    run_key: str = ""  # trials of this key count toward n_trials: the flow run's id, or a resumed run's
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def log_files(self, files: list[str | Path], folder: str) -> list[str]:
@@ -64,6 +70,10 @@ class TrackedRun:
         """A local file of the parent's (checkpoint, onnx or int8), downloaded into this run's results folder."""
         return resolve_parent(parent, kind, self.uri, str(self.results / "parent"), self.inputs.s3_secret_block)
 
+    def cached(self, task: Task, action: str, model_params: tuple[str, ...]) -> Callable[..., dict]:
+        """`task` cached on its inputs under this run's results folder (see tasks.stage_cache)."""
+        return cached(task, self.results, action, model_params)
+
     def staged(self, action: str) -> ExperimentSpec:
         """This run's spec with the files `action` reads staged to local paths."""
         return with_values(self.spec, stage_data(action, self.inputs.sources, self.inputs.s3_secret_block, self.spec),
@@ -75,32 +85,92 @@ class TrackedRun:
         return tracking.run_url(self.uri, self.experiment, self.run)
 
 
+RUN_RECORD = "pipeline_run.json"  # the last run in a results folder: its key and how it ended (for resume)
+ACTIVE: dict[str, TrackedRun] = {}  # flow run id -> its tracked run, for the failure hooks
+
+
+def run_key(results: Path, resume: bool, flow_run_id: str) -> str:
+    """This run's key: a resumed run takes the key of the last run in the folder if that one did not finish."""
+    record = json.loads((results / RUN_RECORD).read_text()) if (results / RUN_RECORD).is_file() else {}
+    if resume and record.get("state") not in (None, "COMPLETED"):
+        get_run_logger().info("resuming run %s (it ended %s): its finished trials and stages are reused",
+                              record["run_key"], record["state"])
+        return str(record["run_key"])
+    if resume:
+        get_run_logger().info("resume: the last run in %s finished (or none ran); starting a new one", results)
+    return flow_run_id
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI, when a server is configured."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value() or (str(PREFECT_API_URL.value() or "").removesuffix("/api") or None)
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui and flow_run_id != "local" else None
+
+
 @contextmanager
 def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
-                tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
-    """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error)."""
+                tags: dict[str, str] | None = None, resume: bool = False) -> Iterator[TrackedRun]:
+    """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error), all
+    while holding the results folder against other runs."""
     logger = get_run_logger()
     base = spec_from(inputs)
     s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
     results = Path(base.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base)
-    spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
-    path = write_text(results / spec_file, dump_spec(spec))
-    uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
-    c = tracking.client(uri)
-    exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
-    flow_run_id = str(runtime.flow_run.id or "local")
-    run = tracking.start_run(c, exp, f"{name}-{runtime.flow_run.name or 'local'}",
-                             tags={"prefect.flow_run_id": flow_run_id, **(tags or {})})
-    logger.info("MLflow run %s in %s", run, uri)
+    with exclusive("results folder", str(results)):
+        staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base)
+        spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
+        path = write_text(results / spec_file, dump_spec(spec))
+        uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
+        c = tracking.client(uri)
+        exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
+        flow_run_id = str(runtime.flow_run.id or "local")
+        key = run_key(results, resume, flow_run_id)
+        link = {"prefect.flow_run_url": url} if (url := flow_run_url(flow_run_id)) else {}
+        run = tracking.start_run(c, exp, f"{name}-{runtime.flow_run.name or 'local'}",
+                                 tags={"prefect.flow_run_id": flow_run_id, "run_key": key, **link, **(tags or {})})
+        logger.info("MLflow run %s in %s", run, uri)
+        r = TrackedRun(spec, inputs, results, uri, c, exp, run, flow_run_id, key)
+        if name == "pipeline":
+            write_json(results / RUN_RECORD, {"run_key": key, "flow_run_id": flow_run_id, "mlflow_run": run,
+                                              "state": "RUNNING"})
+        ACTIVE[flow_run_id] = r
+        try:
+            tracking.log_spec(c, run, spec, path)
+            create_link_artifact(r.url, link_text="MLflow run", key=f"{name.replace('_', '-')}-mlflow-run",
+                                 description=f"The MLflow run of this {name} flow run")
+            yield r
+        except BaseException as exc:
+            c.set_terminated(run, "FAILED")
+            if name == "pipeline":
+                write_json(results / RUN_RECORD, {"run_key": key, "flow_run_id": flow_run_id, "mlflow_run": run,
+                                                  "state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            raise
+        c.set_terminated(run, "FINISHED")
+        if name == "pipeline":
+            write_json(results / RUN_RECORD, {"run_key": key, "flow_run_id": flow_run_id, "mlflow_run": run,
+                                              "state": "COMPLETED"})
+        ACTIVE.pop(flow_run_id, None)
+
+
+def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow failure/crash hook: the MLflow run is marked FAILED and the failure goes into the run's summary."""
+    r = ACTIVE.pop(str(flow_run.id), None)
+    if r is None:  # it failed before its MLflow run opened: nothing to record there
+        return
+    message = state.message or state.name
     try:
-        tracking.log_spec(c, run, spec, path)
-        yield TrackedRun(spec, inputs, results, uri, c, exp, run, flow_run_id)
-    except BaseException:
-        c.set_terminated(run, "FAILED")
-        raise
-    c.set_terminated(run, "FINISHED")
+        if r.client.get_run(r.run).info.status == "RUNNING":
+            r.client.set_terminated(r.run, "FAILED")
+        text = "\n".join([f"# {flow.name}: {state.name}", "", f"**Error:** {message}", "",
+                          f"MLflow run: {r.url} (tracking URI `{r.uri}`)"])
+        r.log_files([write_text(r.results / "summary.md", text)], "")
+        r.set_tags({"failure": message[:5000]})
+        create_markdown_artifact(markdown=text, key=f"{flow.name}-summary", description=f"{flow.name} failed")
+    except Exception:
+        logging.getLogger(__name__).exception("could not record the failure of flow run %s", flow_run.id)
 
 
 @contextmanager

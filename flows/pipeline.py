@@ -4,6 +4,7 @@ TensorRT, inference overlays, and registration in MLflow, reported to Prefect at
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,12 +12,27 @@ from prefect import flow
 from pydantic import Field
 
 from flows import stages as stage
-from flows.common import tracked_run
+from flows.common import on_failure, tracked_run
 from flows.params import ActionInputs, Stages, Tracking, TrtPrecision
 from tasks.sources import DataSources
 
+TIMEOUT_S = 20 * 3600  # a nightly run must end before the next night's starts
 
-@flow(name="oneformer-pipeline", log_prints=True)
+
+def run_name() -> str:
+    """`<model name>-<UTC date and time>` for the Prefect UI (the spec's model name is read later, so the
+    parameter or `pipeline`)."""
+    from datetime import datetime
+
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{params.get('model_name') or 'pipeline'}-{'resume-' if params.get('resume') else ''}{stamp}"
+
+
+@flow(name="oneformer-pipeline", log_prints=True, flow_run_name=run_name, timeout_seconds=TIMEOUT_S,
+      on_failure=[on_failure], on_crashed=[on_failure], on_cancellation=[on_failure])
 def pipeline(
     spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys); embedded defaults when empty")]
     = None,
@@ -32,15 +48,17 @@ def pipeline(
     results_dir: Annotated[str | None, Field(description="Default: the spec's results_dir")] = None,
     tracking_config: Tracking = Tracking(),
     s3_secret_block: Annotated[str | None, Field(description="Prefect Secret block with S3 settings (JSON)")] = None,
+    resume: Annotated[bool, Field(description="Continue the last unfinished run in results_dir: its finished trials "
+                                              "count toward n_trials and its finished stages are reused")] = False,
 ) -> dict:
     """The whole chain; returns the registered version, metrics and artifact paths."""
     values = {**overrides, **({"model_name": model_name} if model_name else {}),
               **({"automl.n_trials": n_trials} if n_trials else {})}
     inputs = ActionInputs(spec=spec, overrides=values, sources=sources, results_dir=results_dir,
                           tracking_config=tracking_config, s3_secret_block=s3_secret_block)
-    with tracked_run("pipeline", inputs, "train", "spec.yaml", {"automl_policy": str(automl_policy)}) as r:
+    with tracked_run("pipeline", inputs, "train", "spec.yaml", {"automl_policy": str(automl_policy)}, resume) as r:
         lineage = stage.lineage(r)
-        selected = stage.train(r, automl_policy)
+        selected = stage.train(r, automl_policy, lineage)
         evaluation = stage.evaluate(r, selected) if stages.evaluate else None
         conversions = stage.convert(r, selected, stages, trt_precisions)
         artifacts = {c.kind: c.file for c in conversions if c.file and c.kind in ("onnx", "int8")}
@@ -48,7 +66,8 @@ def pipeline(
             artifacts["overlays"] = folder
         registration = None
         if stages.registry and "onnx" in artifacts:
-            card = stage.card(r, selected, evaluation, conversions, lineage)
+            champion = stage.champion(r, evaluation)
+            card = stage.card(r, selected, evaluation, conversions, lineage, champion)
             registration = stage.register_version(r, card, conversions)
         stage.summary(r, selected, evaluation, conversions, artifacts, registration)
     return {"checkpoint": selected.checkpoint, "mlflow_run_id": r.run, "tracking_uri": r.uri,
@@ -69,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trials", type=int, help="AutoML trial budget")
     p.add_argument("--no-automl", action="store_true", help="train once with the spec's values")
     p.add_argument("--results-dir")
+    p.add_argument("--resume", action="store_true", help="continue the last unfinished run in the results folder")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite in the results folder)")
     for source in ("train", "eval", "inference", "calibration"):
         p.add_argument(f"--{source}", help=f"{source} data URI (s3://..., file://... or a folder)")
@@ -78,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                       sources=DataSources(train=a.train, eval=a.eval, inference=a.inference,
                                           calibration=a.calibration),
                       automl_policy=not a.no_automl, n_trials=a.trials, results_dir=a.results_dir,
-                      tracking_config=Tracking(tracking_uri=a.mlflow_uri))
+                      tracking_config=Tracking(tracking_uri=a.mlflow_uri), resume=a.resume)
     print(_closing(result))
     return result
 
@@ -101,6 +121,7 @@ def _closing(result: dict) -> str:
     if reg:
         lines.append(f"  registered: {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}) -> "
                      f"{reg['model_uri']}")
+        lines.append(f"  champion gate: {reg['verdict']}")
     lines += [f"  {k}: {v}" for k, v in result["artifacts"].items()]
     lines += ["", "Open the MLflow UI:",
               f"  {bin_dir}/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000",

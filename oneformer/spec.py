@@ -351,7 +351,10 @@ class QuantizeConfig(Section):
     reduce_range: bool = Field(True, description="7-bit weights. x86 CPUs without VNNI (AVX2-only) saturate U8xS8 "
                                                  "products of 8-bit weights and the INT8 model goes wrong there "
                                                  "(93% vs 99% agreement measured); off only for VNNI-only targets")
-    min_agreement: float = Field(0.95, ge=0, le=1)
+    max_miou_drop: float = Field(0.01, ge=0, le=1, description="The INT8 gate: validation mIoU may drop at most "
+                                                               "this much below the FP32 model's")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="Optional second gate: INT8-vs-FP32 pixel "
+                                                                      "agreement (always reported)")
     overwrite: bool = False
 
 
@@ -382,6 +385,8 @@ class AutoMLConfig(Section):
 
     n_trials: int = Field(4, gt=0)
     timeout: int | None = Field(None, gt=0, description="Seconds")
+    trial_timeout: int | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
+                                                                  "stopped and recorded failed")
     sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = Field(
         "median", description="Early stopping on per-epoch validation mIoU; successive_halving met the pruning "

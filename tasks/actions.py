@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from oneformer.errors import OneFormerError
 from oneformer.spec import ExperimentSpec, with_values
+from tasks.stage_cache import with_outputs
 
 
 @task(name="evaluate", task_run_name="evaluate {checkpoint}", cache_policy=NO_CACHE)
@@ -16,7 +19,8 @@ def evaluate(spec: ExperimentSpec, checkpoint: str) -> dict:
 
     metrics = run(with_values(spec, {"evaluate.checkpoint": checkpoint, "evaluate.trt_engine": None}))
     get_run_logger().info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
-    return metrics
+    folder = spec.action_dir("evaluate")
+    return with_outputs(metrics, [folder / "metrics.json", folder / "per_class_iou.csv"])
 
 
 @task(name="inference", task_run_name="inference with {model}", cache_policy=NO_CACHE)
@@ -24,7 +28,8 @@ def inference(spec: ExperimentSpec, model: str) -> dict:
     """Predictions and colored overlays for inference.images_dir."""
     from oneformer.actions.inference import inference as run
 
-    return run(with_values(spec, {"inference.checkpoint": model, "inference.trt_engine": None}))
+    result = run(with_values(spec, {"inference.checkpoint": model, "inference.trt_engine": None}))
+    return with_outputs(result, sorted((Path(result["results_dir"]) / "overlays").glob("*.png")))
 
 
 @task(name="export", task_run_name="export {checkpoint} to ONNX", cache_policy=NO_CACHE)
@@ -32,8 +37,9 @@ def export(spec: ExperimentSpec, checkpoint: str, onnx_file: str) -> dict:
     """The checkpoint as ONNX with its parity report; overwrites the pipeline's own previous export."""
     from oneformer.actions.export import export as run
 
-    return run(with_values(spec, {"export.checkpoint": checkpoint, "export.onnx_file": onnx_file,
-                                  "export.overwrite": True}))
+    report = run(with_values(spec, {"export.checkpoint": checkpoint, "export.onnx_file": onnx_file,
+                                    "export.overwrite": True}))
+    return with_outputs(report, [onnx_file, onnx_file + ".report.json"])
 
 
 @task(name="quantize", task_run_name="quantize {model_path} to INT8", cache_policy=NO_CACHE)
@@ -41,8 +47,9 @@ def quantize(spec: ExperimentSpec, model_path: str, onnx_file: str) -> dict:
     """INT8 QDQ ONNX calibrated on the calibration set, with the INT8-vs-FP32 report."""
     from oneformer.actions.quantize import quantize as run
 
-    return run(with_values(spec, {"quantize.model_path": model_path, "quantize.onnx_file": onnx_file,
-                                  "quantize.overwrite": True}))
+    report = run(with_values(spec, {"quantize.model_path": model_path, "quantize.onnx_file": onnx_file,
+                                    "quantize.overwrite": True}))
+    return with_outputs(report, [onnx_file, onnx_file + ".report.json"])
 
 
 @task(name="gen-trt-engine", task_run_name="TensorRT {precision} engine from {onnx_file}", cache_policy=NO_CACHE)

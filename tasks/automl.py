@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,10 @@ def shown(url: str) -> str:
         return "<unparseable URL>"
 
 
-def sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
-    """automl.sampler, seeded from train.seed so a study is repeatable."""
-    seed = spec.train.seed
+def sampler(spec: ExperimentSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """automl.sampler, seeded from train.seed and the number of trials the study already holds: repeatable, yet a
+    resumed study does not replay the proposals it already tried."""
+    seed = spec.train.seed + offset
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "gp": lambda: optuna.samplers.GPSampler(seed=seed),
@@ -110,7 +112,45 @@ def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStor
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
                                     pruner=pruner(spec), load_if_exists=True)
         optuna.storages.fail_stale_trials(study)
+    study.sampler = sampler(spec, len(study.trials))
     return study
+
+
+def warm_start(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistribution],
+               params: dict[str, Any], source: str) -> dict[str, Any]:
+    """Enqueue `params` (the champion's) as a new study's first trial, keeping the values this space can hold."""
+    fitting = {}
+    for key, value in params.items():
+        dist = space.get(key)
+        try:
+            if dist is not None and dist._contains(dist.to_internal_repr(value)):
+                fitting[key] = value
+        except (ValueError, TypeError):
+            continue
+    if fitting and not study.trials:
+        study.enqueue_trial(fitting, user_attrs={"warm_start": source})
+    return fitting
+
+
+def study_key(data_digest: str, spec_digest: str) -> str:
+    """The part of a study's name that ties it to one dataset and one training spec."""
+    return f"d{data_digest[:8]}-s{spec_digest[:8]}"
+
+
+def ask_new(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistribution], run_key: str,
+            attempts: int = 8) -> optuna.Trial:
+    """A trial whose parameters no finished trial of the study holds (a repeat is told FAIL and asked again)."""
+    seen = {json.dumps(t.params, sort_keys=True): t.number for t in study.trials if t.state in FINISHED and t.params}
+    for _ in range(attempts):
+        with heartbeat_warnings_off():
+            trial = study.ask(space)
+        trial.set_user_attr("run_key", run_key)
+        repeat = seen.get(json.dumps(trial.params, sort_keys=True))
+        if repeat is None:
+            return trial
+        trial.set_user_attr("error", f"repeats trial {repeat}'s parameters; not trained")
+        study.tell(trial, state=TrialState.FAIL)
+    return trial  # a space too small to avoid repeats: train it rather than loop
 
 
 class Heartbeat:
@@ -189,34 +229,58 @@ def optuna_param(key: str, value: Any):  # noqa: ANN201 - an mlflow Param
     return Param(key, f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def study_name(spec: ExperimentSpec) -> str:
-    """automl.study_name, else the registered model name."""
-    return spec.automl.study_name or spec.model_name
+def study_name(spec: ExperimentSpec, key: str) -> str:
+    """<automl.study_name, else the registered model name>-<data and spec digests>: one study per dataset and spec."""
+    return f"{spec.automl.study_name or spec.model_name}-{key}"
 
 
-def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> optuna.Study:
-    """Run trials until the study holds automl.n_trials finished ones (or automl.timeout passes)."""
+def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str, key: str, run_key: str,
+              champion: tuple[str, dict[str, Any]] | None = None,
+              progress: Callable[[int, int, list[dict]], None] | None = None) -> optuna.Study:
+    """Train automl.n_trials new trials for the run `run_key` (trials it already finished count: a resumed run goes
+    on where it stopped). A new study starts from `champion`'s parameters (its version, its params)."""
     logger = get_run_logger()
     space = search_space(spec)
     storage = rdb_storage(spec)
-    study = open_study(spec, study_name(spec), storage)
-    done = [t for t in study.trials if t.state in FINISHED]
-    remaining = spec.automl.n_trials - len(done)
-    logger.info("study %r in %s: %d trials finished, %d to run; searching %s", study.study_name,
-                shown(storage_url(spec)), len(done), max(remaining, 0), ", ".join(space))
+    study = open_study(spec, study_name(spec, key), storage)
+    if champion and not study.trials and (kept := warm_start(study, space, champion[1], champion[0])):
+        logger.info("new study %r: first trial warm-starts from %s (%s)", study.study_name, champion[0],
+                    trial_label(kept))
+    mine = [t for t in study.trials if t.state in FINISHED and t.user_attrs.get("run_key") == run_key
+            and not str(t.user_attrs.get("error", "")).startswith("repeats")]
+    remaining = spec.automl.n_trials - len(mine)
+    logger.info("study %r in %s: %d trials in all, %d finished by this run, %d to run; searching %s",
+                study.study_name, shown(storage_url(spec)), len(study.trials), len(mine), max(remaining, 0),
+                ", ".join(space))
     t0 = time.monotonic()
     while remaining > 0:
         if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
             logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
             break
-        with heartbeat_warnings_off():
-            batch = [study.ask(space) for _ in range(min(spec.automl.n_jobs, remaining))]
-        futures = [run_trial.submit(study, storage, t, t.number, trial_label(t.params), spec, tracking_uri,
-                                    experiment, parent_run) for t in batch]
-        for f in futures:
-            f.result()
+        batch = [ask_new(study, space, run_key) for _ in range(min(spec.automl.n_jobs, remaining))]
+        timeout = spec.automl.trial_timeout
+        futures = [run_trial.with_options(timeout_seconds=timeout).submit(
+            study, storage, t, t.number, trial_label(t.params), spec, tracking_uri, experiment, parent_run)
+            for t in batch]
+        for t, f in zip(batch, futures):
+            f.wait()
+            if not f.state.is_completed():  # timed out or crashed: the trial never told the study
+                logger.warning("trial %d ended %s: %s", t.number, f.state.name, f.state.message)
+                if storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                    t.set_user_attr("error", f"{f.state.name}: {f.state.message}"[:1000])
+                    study.tell(t, state=TrialState.FAIL)
         remaining -= len(batch)
+        if progress:
+            progress(spec.automl.n_trials - remaining, spec.automl.n_trials, study_rows(study))
     return study
+
+
+def study_rows(study: optuna.Study) -> list[dict]:
+    """Every trial of the study as a table row (number, state, mIoU, epochs, params, run)."""
+    return [{"trial": t.number, "state": t.state.name,
+             "val mIoU": None if t.value is None else round(t.value, 4), "epochs": t.user_attrs.get("epochs"),
+             "params": trial_label(t.params), "run": t.user_attrs.get("run_key", ""),
+             "note": t.user_attrs.get("warm_start") or t.user_attrs.get("error", "")} for t in study.trials]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.results import Conversion, Evaluation, Selection, trial_label
+from tasks.results import ChampionScore, Conversion, Evaluation, Selection, trial_label
 
 # Spec keys every card shows (the chosen trial's tuned values are added to them).
 KEY_SETTINGS = ("train.optim.lr", "train.optim.backbone_multiplier", "train.optim.weight_decay", "train.num_epochs",
@@ -31,6 +32,8 @@ class ModelCard:
     flow_run_id: str
     run_id: str
     checkpoint_sha256: str
+    run_key: str = ""
+    champion: ChampionScore | None = None  # the current champion on this run's test split
     version: str | None = None
 
     @property
@@ -48,13 +51,41 @@ class ModelCard:
         """The INT8 conversion, if the quantize stage ran."""
         return next((c for c in self.conversions if c.kind == "int8"), None)
 
+    def promotion(self) -> tuple[bool, str]:
+        """Whether this version may become champion, and why: its gates passed, and it scores at least the
+        champion's mIoU on the same test images."""
+        if self.int8 is None:
+            return False, "no INT8 verdict (the quantize stage did not run)"
+        if not self.int8.passed:
+            return False, f"INT8 gate failed: {self.int8.verdict}"
+        if self.champion is None:
+            return True, "the first version whose gates passed"
+        if self.champion.mIoU is None:
+            return False, f"champion v{self.champion.version} {self.champion.error}"
+        mine, theirs = round(self.mIoU, 6), round(self.champion.mIoU, 6)
+        if "mIoU" not in self.metrics:
+            return False, "no test mIoU of this version (the evaluate stage was off)"
+        verb = ">=" if mine >= theirs else "<"
+        images = f"{int(self.metrics['num_images'])} " if self.metrics.get("num_images") else ""
+        return mine >= theirs, (f"test mIoU {mine:.4f} {verb} champion v{self.champion.version}'s {theirs:.4f} on "
+                                f"the same {images}test images")
+
     def tags(self) -> dict[str, str]:
-        """Model-version tags: the metric the champion rule reads, lineage digests and run ids."""
+        """Model-version tags: the metric the champion rule reads, lineage digests, run ids, gates, comparison."""
         tags = {"mIoU": f"{self.mIoU:.6f}", "spec_digest": self.spec_digest, "data_digest": self.data_digest,
-                "prefect_flow_run_id": self.flow_run_id, "mlflow_run_id": self.run_id,
+                "prefect_flow_run_id": self.flow_run_id, "mlflow_run_id": self.run_id, "run_key": self.run_key,
+                "checkpoint_sha256": self.checkpoint_sha256, "automl_params": json.dumps(self.selection.params),
                 **{f"metric.{k}": f"{v:.6f}" for k, v in self.metrics.items() if isinstance(v, float)}}
         if self.int8 is not None and self.int8.skipped is None:
             tags["int8_agreement"] = f"{self.int8.report['agreement']:.6f}"
+            tags["int8_gate"] = "passed" if self.int8.passed else "failed"
+            tags["int8_verdict"] = self.int8.verdict[:5000]
+            if self.int8.report.get("miou_drop") is not None:
+                tags["int8_miou_drop"] = f"{self.int8.report['miou_drop']:.6f}"
+        if self.champion is not None:
+            tags["champion_compared"] = self.champion.version
+            tags["champion_mIoU_same_test"] = "n/a" if self.champion.mIoU is None else f"{self.champion.mIoU:.6f}"
+        tags["promotion"] = self.promotion()[1][:5000]
         return tags
 
     def with_version(self, version: str) -> ModelCard:
@@ -86,10 +117,23 @@ class ModelCard:
             "## Conversion parity",
             _table([c.row() for c in self.conversions], ["conversion", "label agreement", "max abs diff", "mIoU",
                                                           "status"]),
+            "## Champion gate",
+            self.champion_text(),
             f"\nspec digest `{self.spec_digest}`; Prefect flow run `{self.flow_run_id}`; MLflow run `{self.run_id}`; "
             f"checkpoint `{Path(self.selection.checkpoint).name}` (sha256 `{self.checkpoint_sha256}`).",
         ]
         return "\n\n".join(parts)
+
+
+    def champion_text(self) -> str:
+        """Both scores on this run's test images and the verdict."""
+        promote, why = self.promotion()
+        rows = [[f"this version (v{self.version or '?'})", _fmt(self.metrics.get("mIoU"))]]
+        if self.champion is not None:
+            rows.append([f"champion v{self.champion.version}", _fmt(self.champion.mIoU) if self.champion.mIoU
+                         is not None else f"n/a ({self.champion.error})"])
+        verdict = "becomes **champion**" if promote else "stays a **candidate**"
+        return (_table(rows, ["model", "test mIoU on this run's test split"]) + f"\n\nThis version {verdict}: {why}.")
 
 
 def automl_text(selection: Selection) -> str:

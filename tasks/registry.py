@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,23 @@ def signature(onnx_file: Path) -> ModelSignature:
     return ModelSignature(inputs=specs(model.graph.input), outputs=specs(model.graph.output))
 
 
-def champion_mIoU(c: MlflowClient, name: str) -> tuple[str | None, float | None]:
-    """The current champion's version and mIoU tag, or (None, None)."""
+def champion_params(c: MlflowClient, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The champion's tuned AutoML parameters (to warm-start a new study), or None without a champion."""
     try:
         mv = c.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        return None, None
-    value = mv.tags.get("mIoU")
-    return str(mv.version), float(value) if value not in (None, "") else None
+        return None
+    params = json.loads(mv.tags.get("automl_params") or "{}")
+    return (f"{name} v{mv.version}", params) if params else None
+
+
+def registered_before(c: MlflowClient, card: ModelCard) -> str | None:
+    """The version this run already registered for this checkpoint (a resumed run registers it once)."""
+    for mv in c.search_model_versions(f"name = '{card.name}'"):
+        if card.run_key and mv.tags.get("run_key") == card.run_key and \
+                mv.tags.get("checkpoint_sha256") == card.checkpoint_sha256:
+            return str(mv.version)
+    return None
 
 
 def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, onnx_file: Path, checkpoint: Path) -> LoggedModel:
@@ -82,6 +92,13 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
     """Log the ONNX model (with the checkpoint) in the run, register it, tag it, and move the aliases."""
     logger = get_run_logger()
     c = tracking.client(tracking_uri)
+    if (done := registered_before(c, card)) is not None:
+        aliases = list(c.get_model_version(card.name, done).aliases)
+        logger.info("%s v%s was registered by this run already (run %s); not registering it again", card.name, done,
+                    card.run_key)
+        return Registration(name=card.name, version=done, aliases=aliases, model_uri=f"models:/{card.name}/{done}",
+                            champion=done if "champion" in aliases else None, promoted="champion" in aliases,
+                            verdict="registered by this run before it was resumed")
     model = log_onnx_model(c, experiment, card.run_id, Path(onnx_file), Path(card.selection.checkpoint))
     try:
         c.create_registered_model(card.name)
@@ -90,22 +107,29 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
             raise
     # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry resolves
     # that URI through the process-wide tracking URI, which this client does not set.
-    tags = card.tags()
-    version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id, tags=tags,
+    version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id, tags=card.tags(),
                                          model_id=model.model_id).version)
-    c.update_model_version(card.name, version, description=card.with_version(version).markdown())
+    card = card.with_version(version)
+    c.update_model_version(card.name, version, description=card.markdown())
     c.set_registered_model_alias(card.name, "candidate", version)
-    old, old_miou = champion_mIoU(c, card.name)
-    miou = float(tags["mIoU"])  # as the tag holds it, so a champion re-scored the same compares equal
-    int8_passed = card.int8 is not None and card.int8.passed
-    promote = int8_passed and (old_miou is None or miou >= old_miou)
+    promote, why = card.promotion()
+    current = _champion_version(c, card.name)
+    expected = card.champion.version if card.champion else None
+    if promote and current != expected:  # another run moved it since this one scored it
+        promote, why = False, f"the champion changed to v{current} while this run compared against v{expected}"
     if promote:
         c.set_registered_model_alias(card.name, "champion", version)
-        logger.info("%s v%s is the champion (mIoU %.4f%s)", card.name, version, miou,
-                    f", was v{old} at {old_miou:.4f}" if old else "")
+        logger.info("%s v%s is the champion: %s", card.name, version, why)
     else:
-        why = "INT8 agreement failed" if not int8_passed else f"mIoU {miou:.4f} < champion v{old}'s {old_miou:.4f}"
         logger.info("%s v%s stays a candidate: %s", card.name, version, why)
     aliases = c.get_model_version(card.name, version).aliases
     return Registration(name=card.name, version=version, aliases=list(aliases),
-                        model_uri=f"models:/{card.name}/{version}", champion=version if promote else old)
+                        model_uri=f"models:/{card.name}/{version}", champion=version if promote else current,
+                        promoted=promote, verdict=why)
+
+
+def _champion_version(c: MlflowClient, name: str) -> str | None:
+    try:
+        return str(c.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        return None

@@ -63,8 +63,15 @@ class Conversion:
 
     @property
     def passed(self) -> bool:
-        """Whether it met its agreement bar (a skipped conversion did not)."""
+        """Whether it met its gate (a skipped conversion did not)."""
         return self.skipped is None and bool(self.report.get("passed", True))
+
+    @property
+    def verdict(self) -> str:
+        """Why it passed or failed its gate, in words."""
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
+        return str(self.report.get("verdict", "pass" if self.passed else "FAIL"))
 
     def row(self) -> list[str]:
         """The parity-table row: conversion, label agreement, max abs diff, mIoU, status."""
@@ -73,18 +80,30 @@ class Conversion:
         miou = self.report.get("mIoU")
         miou_text = f"{miou['fp32']:.4f} -> {miou['int8']:.4f}" if isinstance(miou, dict) else ""
         return [self.name, f"{self.report['agreement']:.4%}", _maxdiff(self.report), miou_text,
-                "pass" if self.passed else "FAIL"]
+                "pass" if self.passed else f"FAIL: {self.verdict}"]
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion scored on this run's test split, or why it could not be."""
+
+    version: str
+    mIoU: float | None
+    metrics: dict[str, float]
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class Registration:
-    """The registered model version and where the aliases point afterwards."""
+    """The registered model version, where the aliases point afterwards, and why."""
 
     name: str
     version: str
     aliases: list[str]
     model_uri: str
     champion: str | None
+    promoted: bool = False
+    verdict: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,3 +113,4 @@ class Lineage:
     spec_digest: str
     data: dict[str, str]  # "all" plus one digest per source folder
     train_source: str
+    training: str = ""  # digest of the spec keys a study trains on (model, train, dataset settings, search)

@@ -18,12 +18,14 @@ from oneformer.spec import ExperimentSpec, SplitConfig
 log = logging.getLogger(__name__)
 
 
-def eval_split(spec: ExperimentSpec) -> tuple[str, SplitConfig]:
-    """dataset.test when it has annotations (TAO's evaluate input), else dataset.val."""
-    if spec.dataset.test.annotations:
-        return "dataset.test", spec.dataset.test
-    if spec.dataset.val.annotations:
-        return "dataset.val", spec.dataset.val
+def eval_split(spec: ExperimentSpec, prefer: str = "test") -> tuple[str, SplitConfig]:
+    """dataset.test when it has annotations (TAO's evaluate input), else dataset.val; `prefer="val"` the other way
+    round (the INT8 gate is judged on validation data)."""
+    order = ("test", "val") if prefer == "test" else ("val", "test")
+    for name in order:
+        split = getattr(spec.dataset, name)
+        if split.annotations:
+            return f"dataset.{name}", split
     raise DataError("evaluate needs dataset.test (or dataset.val) images and annotations")
 
 
@@ -35,9 +37,10 @@ def model_tasks(spec: ExperimentSpec, data_kind: str) -> list[str]:
     return ["semantic"] if data_kind == "semantic" else tasks
 
 
-def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None) -> Scorer:
+def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None,
+          prefer: str = "test") -> Scorer:
     """Score a predictor (any backend) or prediction files on the evaluation split."""
-    what, split = eval_split(spec)
+    what, split = eval_split(spec, prefer)
     labels = model.labels
     records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what)
     limit = max_images or spec.evaluate.max_images

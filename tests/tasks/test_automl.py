@@ -1,7 +1,9 @@
-"""An Optuna study over real training runs: pruning, a failed trial that does not stop the study, selection."""
+"""An Optuna study over real training runs: pruning, a failed trial that does not stop the study, selection, and
+the study's life over many runs (new trials each run, a resumed run's own budget, warm start, no repeats)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,18 +12,20 @@ from prefect import flow
 from oneformer.model.checkpoint import LATEST, best_entry, read_index
 from oneformer.spec import load_spec
 from tasks import tracking
-from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study, storage_url
+from tasks.automl import best_trial, open_study, pruner, rdb_storage, run_study, storage_url, study_name
 
 pytestmark = pytest.mark.slow
 GOOD = {"train.optim.backbone_multiplier": 1.0, "train.optim.weight_decay": 1e-4, "model.one_former.hidden_dim": 64}
 
 
 @flow
-def study_flow(spec, uri: str) -> list[dict]:  # noqa: ANN001
+def study_flow(spec, uri: str, run_key: str = "night-1", key: str = "k",  # noqa: ANN001
+               champion: tuple[str, dict] | None = None) -> list[dict]:
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, "automl-test", Path(spec.results_dir) / "mlartifacts")
-    study = run_study(spec, uri, exp, tracking.start_run(c, exp, "parent"))
-    return [{"number": t.number, "state": t.state.name, "value": t.value, "attrs": t.user_attrs} for t in study.trials]
+    study = run_study(spec, uri, exp, tracking.start_run(c, exp, "parent"), key, run_key, champion)
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "attrs": t.user_attrs,
+             "params": t.params} for t in study.trials]
 
 
 def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(prefect_api, synth: Path,  # noqa: ANN001
@@ -31,7 +35,7 @@ def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(pref
         "automl.pruner": "median", "automl.study_name": "prune-test",
         "automl.search_space": {"train.optim.lr": {"min": 1e-6, "max": 1e-2},
                                 "model.one_former.hidden_dim": {"choices": [64, 66]}}})
-    study = open_study(spec, "prune-test", rdb_storage(spec))
+    study = open_study(spec, "prune-test-k", rdb_storage(spec))
     for lr, hidden in ((1e-3, 64), (2e-3, 64), (1e-6, 64), (1e-3, 66)):  # good, good, hopeless, broken model
         study.enqueue_trial({**GOOD, "train.optim.lr": lr, "model.one_former.hidden_dim": hidden})
 
@@ -41,9 +45,9 @@ def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(pref
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"], trials
     assert trials[2]["attrs"]["epochs"] < 6  # stopped early: the point of pruning
     assert "hidden_dim" in trials[3]["attrs"]["error"] or "divisible" in trials[3]["attrs"]["error"]
-    best = best_trial(open_study(spec, "prune-test", rdb_storage(spec)))
+    best = best_trial(open_study(spec, "prune-test-k", rdb_storage(spec)))
     assert best.number in (0, 1) and best.value == max(t["value"] for t in trials[:2])
-    hopeless = max(open_study(spec, "prune-test", rdb_storage(spec)).trials[2].intermediate_values.values())
+    hopeless = max(open_study(spec, "prune-test-k", rdb_storage(spec)).trials[2].intermediate_values.values())
     assert best.value > 0.1 and best.value > hopeless + 0.05  # the good trials learned; lr=1e-6 did not
     train_dir = Path(best.user_attrs["results_dir"]) / "train"
     assert best.user_attrs["checkpoint"] == best_entry(read_index(train_dir))["path"]  # by metric, not "latest"
@@ -74,13 +78,39 @@ def test_parallel_trials_share_one_study_and_a_rerun_continues_it(backend: str, 
     (a, b) = sorted((r for r in runs if "optuna.trial" in r.data.tags), key=lambda r: r.info.start_time)
     assert b.info.start_time < a.info.end_time  # the second trial started before the first ended: in parallel
 
-    spec = load_spec(small_synth, {**overrides, "automl.n_trials": 3})
-    again = study_flow(spec, uri)  # a bigger budget continues the same study
+    spec = load_spec(small_synth, {**overrides, "automl.n_trials": 1})
+    again = study_flow(spec, uri, "night-2")  # the next night: one new trial in the same study
 
     assert len(again) == 3 and again[:2] == first and again[2]["state"] == "COMPLETE"
+    assert len({tuple(sorted(t["params"].items())) for t in again}) == 3  # nothing re-proposed
+    resumed = study_flow(spec, uri, "night-2")  # night 2 resumed after it finished its trial: nothing to run
+    assert len(resumed) == 3
     if backend == "postgresql":  # the study lives in the server, where another machine's worker would find it
-        assert len(optuna.load_study(study_name="parallel-postgresql", storage=storage_url(spec)).trials) == 3
+        assert len(optuna.load_study(study_name="parallel-postgresql-k", storage=storage_url(spec)).trials) == 3
         assert not (tmp_path / "automl" / "optuna.db").exists()
+
+
+def test_new_study_warm_starts_from_the_champion_and_never_repeats(prefect_api, small_synth: Path,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    overrides = {"results_dir": str(tmp_path), "train.num_epochs": 1, "automl.n_trials": 2, "automl.pruner": "none",
+                 "automl.search_space": {"train.optim.lr": {"min": 1e-4, "max": 1e-2},
+                                         "train.optim.weight_decay": {"choices": [1e-5, 1e-4]}}}
+    spec = load_spec(small_synth, overrides)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    champion = {"train.optim.lr": 0.00123, "train.optim.weight_decay": 1e-4, "model.gone": 3}
+    trials = study_flow(spec, uri, "night-1", "new-data", ("synthetic v1", champion))
+    assert {k: trials[0]["params"][k] for k in ("train.optim.lr", "train.optim.weight_decay")} == \
+        {"train.optim.lr": 0.00123, "train.optim.weight_decay": 1e-4}  # the rest of the space is sampled
+    assert trials[0]["attrs"]["warm_start"] == "synthetic v1"
+    study = open_study(spec, study_name(spec, "new-data"), rdb_storage(spec))
+    trial = study.ask()  # a resumed study's sampler is seeded anew: its next proposal is not a replay of trial 0
+    assert trial.number == 2
+    again = study_flow(load_spec(small_synth, {**overrides, "automl.n_trials": 1}), uri, "night-2", "new-data",
+                       ("synthetic v9", {"train.optim.lr": 0.005}))
+    assert [t["params"] for t in again[:2]] == [t["params"] for t in trials]  # the same study, continued
+    assert "warm_start" not in again[-1]["attrs"]  # warm start only seeds a new study
+    finished = [json.dumps(t["params"], sort_keys=True) for t in again if t["state"] != "FAIL"]
+    assert len(finished) == len(set(finished))
 
 
 def test_unreachable_study_database_is_a_clear_error_without_the_password(small_synth: Path, tmp_path: Path) -> None:
