@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -15,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import ActionInputs
 from oneformer.artifacts import write_text
-from oneformer.spec import ExperimentSpec, dump_spec, load_spec, with_values
+from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
 from tasks import tracking
 from tasks.parents import resolve_parent
 from tasks.staging import s3_options, stage_data
@@ -91,7 +93,8 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
     flow_run_id = str(runtime.flow_run.id or "local")
-    run = tracking.start_run(c, exp, f"{name}-{runtime.flow_run.name or 'local'}",
+    run_name = runtime.flow_run.name or "local"
+    run = tracking.start_run(c, exp, run_name if run_name.startswith(f"{name}-") else f"{name}-{run_name}",
                              tags={"prefect.flow_run_id": flow_run_id, **(tags or {})})
     logger.info("MLflow run %s in %s", run, uri)
     try:
@@ -117,9 +120,32 @@ def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterato
                                  description=f"oneformer {action} result")
 
 
+def run_name(action: str) -> Callable[[], str]:
+    """An action flow's `flow_run_name`: `<action>-<parent, short>-<UTC minute>` (the spec's name when there is no
+    parent), so runs are told apart in the Prefect and MLflow UIs instead of by two random words."""
+
+    def name() -> str:
+        params = runtime.flow_run.parameters
+        parent = str(params.get("parent") or "")
+        if re.fullmatch(r"[0-9a-f]{32}", parent):  # an MLflow run id
+            short = parent[:8]
+        elif parent.startswith("models:/"):
+            short = parent.removeprefix("models:/").replace("/", "-")
+        elif parent:
+            short = PurePosixPath(parent).stem
+        else:
+            short = PurePosixPath(str(params.get("spec") or "defaults")).stem
+        return f"{action}-{short}-{datetime.now(UTC):%Y%m%d-%H%M}"
+
+    return name
+
+
 def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
-    """`python -m flows.<action> [PARENT] [SPEC]`: run an action flow locally and print its result."""
+    """`python -m flows.<action> [PARENT] [SPEC] [key=value ...]`: run an action flow locally and print its result."""
     args = sys.argv[1:]
-    parent = args.pop(0) if with_parent else None
-    inputs = ActionInputs(spec=args[0] if args else None)
-    print(flow(parent=parent, inputs=inputs) if with_parent else flow(inputs=inputs))
+    usage = f"usage: python -m flows.{Path(sys.argv[0]).stem} {'PARENT ' if with_parent else ''}[SPEC] [key=value ...]"
+    if with_parent and (not args or "=" in args[0]):
+        sys.exit(usage)
+    own = {"parent": args.pop(0)} if with_parent else {}
+    spec = args.pop(0) if args and "=" not in args[0] else None
+    print(flow(**own, spec=spec, overrides=dict(parse_override(a) for a in args)))
