@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -18,7 +20,7 @@ from prefect.tasks import Task
 
 from flows.params import ActionInputs
 from oneformer.artifacts import write_json, write_text
-from oneformer.spec import ExperimentSpec, dump_spec, load_spec, with_values
+from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
 from tasks import tracking
 from tasks.locks import exclusive
 from tasks.parents import resolve_parent
@@ -129,7 +131,8 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
         flow_run_id = str(runtime.flow_run.id or "local")
         key = run_key(results, resume, flow_run_id)
         link = {"prefect.flow_run_url": url} if (url := flow_run_url(flow_run_id)) else {}
-        run = tracking.start_run(c, exp, f"{name}-{runtime.flow_run.name or 'local'}",
+        run_name = runtime.flow_run.name or "local"
+        run = tracking.start_run(c, exp, run_name if run_name.startswith(f"{name}-") else f"{name}-{run_name}",
                                  tags={"prefect.flow_run_id": flow_run_id, "run_key": key, **link, **(tags or {})})
         logger.info("MLflow run %s in %s", run, uri)
         r = TrackedRun(spec, inputs, results, uri, c, exp, run, flow_run_id, key)
@@ -187,9 +190,32 @@ def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterato
                                  description=f"oneformer {action} result")
 
 
+def run_name(action: str) -> Callable[[], str]:
+    """An action flow's `flow_run_name`: `<action>-<parent, short>-<UTC minute>` (the spec's name when there is no
+    parent), so runs are told apart in the Prefect and MLflow UIs instead of by two random words."""
+
+    def name() -> str:
+        params = runtime.flow_run.parameters
+        parent = str(params.get("parent") or "")
+        if re.fullmatch(r"[0-9a-f]{32}", parent):  # an MLflow run id
+            short = parent[:8]
+        elif parent.startswith("models:/"):
+            short = parent.removeprefix("models:/").replace("/", "-")
+        elif parent:
+            short = PurePosixPath(parent).stem
+        else:
+            short = PurePosixPath(str(params.get("spec") or "defaults")).stem
+        return f"{action}-{short}-{datetime.now(UTC):%Y%m%d-%H%M}"
+
+    return name
+
+
 def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
-    """`python -m flows.<action> [PARENT] [SPEC]`: run an action flow locally and print its result."""
+    """`python -m flows.<action> [PARENT] [SPEC] [key=value ...]`: run an action flow locally and print its result."""
     args = sys.argv[1:]
-    parent = args.pop(0) if with_parent else None
-    inputs = ActionInputs(spec=args[0] if args else None)
-    print(flow(parent=parent, inputs=inputs) if with_parent else flow(inputs=inputs))
+    usage = f"usage: python -m flows.{Path(sys.argv[0]).stem} {'PARENT ' if with_parent else ''}[SPEC] [key=value ...]"
+    if with_parent and (not args or "=" in args[0]):
+        sys.exit(usage)
+    own = {"parent": args.pop(0)} if with_parent else {}
+    spec = args.pop(0) if args and "=" not in args[0] else None
+    print(flow(**own, spec=spec, overrides=dict(parse_override(a) for a in args)))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs, ModelKind, Parent
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, ModelKind, Parent, flat_inputs
 
 
-@flow(name="oneformer-evaluate")
-def evaluate_flow(parent: Parent, model_kind: ModelKind = "checkpoint", inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-evaluate", flow_run_name=run_name("evaluate"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def evaluate_flow(parent: Parent, model_kind: ModelKind = "checkpoint", *, inputs: ActionInputs) -> dict:
     """Evaluate the parent's model; metrics go to Prefect and to a new MLflow run tagged with the parent."""
     from tasks.actions import evaluate
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs, Parent
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, Parent, flat_inputs
 
 
-@flow(name="oneformer-export")
-def export_flow(parent: Parent, inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-export", flow_run_name=run_name("export"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def export_flow(parent: Parent, *, inputs: ActionInputs) -> dict:
     """Export; the ONNX file and its report are logged to MLflow."""
     from tasks.actions import export
 

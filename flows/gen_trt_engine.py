@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
+from pydantic import Field
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs, Parent, TrtPrecision
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, Parent, TrtPrecision, flat_inputs
+
+Precision = Annotated[TrtPrecision, Field(description="fp32/fp16 build from the parent's ONNX file, int8 from its INT8 "
+                                                      "ONNX file")]
 
 
-@flow(name="oneformer-gen-trt-engine")
-def gen_trt_engine_flow(parent: Parent, precision: TrtPrecision = "fp16",
-                        inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-gen-trt-engine", flow_run_name=run_name("gen_trt_engine"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def gen_trt_engine_flow(parent: Parent, precision: Precision = "fp16", *, inputs: ActionInputs) -> dict:
     """Build the engine where TensorRT and CUDA are present; otherwise finish with the reason it was skipped."""
     from tasks.actions import gen_trt_engine
 

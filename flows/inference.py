@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs, ModelKind, Parent
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, ModelKind, Parent, flat_inputs
 
 
-@flow(name="oneformer-inference")
-def inference_flow(parent: Parent, model_kind: ModelKind = "checkpoint",
-                   inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-inference", flow_run_name=run_name("inference"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def inference_flow(parent: Parent, model_kind: ModelKind = "checkpoint", *, inputs: ActionInputs) -> dict:
     """Predict every inference image; overlays and prediction files are logged to MLflow."""
     from tasks.actions import inference
 

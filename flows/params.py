@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from tasks.sources import DataSources
 
@@ -39,7 +43,8 @@ ModelKind = Annotated[Literal["checkpoint", "onnx", "int8"], Field(description="
 
 
 class ActionInputs(BaseModel):
-    """What every action flow reads besides its parent: the spec, the data, where results and runs go."""
+    """What every action flow reads besides its own parameters: the spec, the data, where results and runs go.
+    Defined once here; `flat_inputs` turns each field into a flat flow parameter of every action flow."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,5 +52,45 @@ class ActionInputs(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted spec keys, e.g. evaluate.batch_size")
     sources: DataSources = Field(default_factory=DataSources, description="Dataset URIs in TAO's bucket layout")
     results_dir: str | None = Field(None, description="Default: the spec's results_dir")
-    tracking_config: Tracking = Field(default_factory=Tracking)
+    tracking_config: Tracking = Field(default_factory=Tracking, description="MLflow tracking URI and experiment")
     s3_secret_block: str | None = Field(None, description="Prefect Secret block with S3 settings (JSON)")
+
+
+R = TypeVar("R")
+
+
+def flat_inputs(fn: Callable[..., R]) -> Callable[..., R]:
+    """`fn`'s keyword `inputs: ActionInputs` exposed as one keyword parameter per ActionInputs field (typed, described,
+    with its default), so a deployment run that sets one (`--param overrides=...`) keeps the deployment's others."""
+    own = inspect.signature(fn, eval_str=True)
+    if "inputs" not in own.parameters:
+        raise TypeError(f"{fn.__qualname__} takes no `inputs: ActionInputs` parameter to flatten")
+    fields = ActionInputs.model_fields
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.get_default(call_default_factory=True),
+                                annotation=Annotated[(f.annotation, *f.metadata, Field(description=f.description))])
+              for name, f in fields.items()]
+    params = [*(p for p in own.parameters.values() if p.name != "inputs"), *shared]
+    signature = own.replace(parameters=[p.replace(annotation=_described(p.annotation)) for p in params])
+
+    @functools.wraps(fn)
+    def flat(*args: Any, **kwargs: Any) -> R:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        inputs = ActionInputs(**{name: values.pop(name) for name in fields})
+        return fn(**values, inputs=inputs)
+
+    flat.__signature__ = signature  # type: ignore[attr-defined]  # what Prefect's schema, validation and binding read
+    flat.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    if signature.return_annotation is not inspect.Signature.empty:
+        flat.__annotations__["return"] = signature.return_annotation
+    return flat
+
+
+def _described(annotation: Any) -> Any:
+    """`annotation` with its Field description also in json_schema_extra: Prefect's parameter schema sets
+    description=None over an Annotated Field's description, but merges json_schema_extra, so the UI form keeps it."""
+    if get_origin(annotation) is not Annotated:
+        return annotation
+    texts = [m.description for m in annotation.__metadata__ if isinstance(m, FieldInfo) and m.description]
+    return Annotated[annotation, Field(json_schema_extra={"description": texts[-1]})] if texts else annotation

@@ -7,15 +7,17 @@ from typing import Annotated, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs, Parent
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, Parent, flat_inputs
 
 Source = Annotated[Literal["checkpoint", "onnx"], Field(description="Quantize the parent's ONNX file, or export "
                                                                      "its checkpoint first")]
 
 
-@flow(name="oneformer-quantize")
-def quantize_flow(parent: Parent, model_kind: Source = "onnx", inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-quantize", flow_run_name=run_name("quantize"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def quantize_flow(parent: Parent, model_kind: Source = "onnx", *, inputs: ActionInputs) -> dict:
     """Quantize; the INT8 file and its report (agreement, mIoU FP32 vs INT8) are logged to MLflow."""
     from tasks.actions import quantize
 

@@ -7,15 +7,17 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from flows.common import action_run, run_from_argv
-from flows.params import ActionInputs
+from flows.common import action_run, on_failure, run_from_argv, run_name
+from flows.params import ActionInputs, flat_inputs
 
 InitFrom = Annotated[str | None, Field(description="Optional: initialize from this model (MLflow run id, models:/ "
                                                    "URI or path)")]
 
 
-@flow(name="oneformer-train")
-def train_flow(parent: InitFrom = None, inputs: ActionInputs = ActionInputs()) -> dict:
+@flow(name="oneformer-train", flow_run_name=run_name("train"), on_failure=[on_failure],
+      on_crashed=[on_failure])
+@flat_inputs
+def train_flow(parent: InitFrom = None, *, inputs: ActionInputs) -> dict:
     """Train with the spec's values; per-epoch metrics and the best checkpoint go to MLflow."""
     from oneformer.spec import with_values
     from tasks.training import train_once

@@ -107,3 +107,34 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(served, small_synth: Path)
     assert str(version.version) == "1" and float(version.tags["mIoU"]) >= 0
     assert (results / "export" / "model.onnx").is_file() and (results / "quantize" / "model.int8.onnx").is_file()
     assert not (results / "inference").exists()  # the stages parameter reached the run
+
+
+def test_an_action_run_overrides_one_parameter_and_keeps_the_deployments_others(served, small_synth: Path,  # noqa: ANN001
+                                                                                 random_checkpoint: Path) -> None:
+    env, results, logs, run = served
+    export = json.loads(run("deployment", "inspect", "oneformer-export/export", "--output", "json").stdout)
+    assert export["parameters"]["spec"] == "specs/smoke.yaml" and export["parameters"]["results_dir"] == str(results)
+    assert "inputs" not in export["parameter_openapi_schema"]["properties"]
+
+    classes = yaml.safe_load(small_synth.read_text())["model"]["sem_seg_head"]["num_classes"]
+    overrides = {"model.sem_seg_head.num_classes": classes, "export.input_height": 64, "export.input_width": 64}
+    done = subprocess.run(
+        [PREFECT, "deployment", "run", "oneformer-export/export", "--param", f"parent={random_checkpoint}",
+         "--param", f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "300"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr + (logs / "worker.log").read_text()[-4000:]
+    assert "Completed" in done.stdout
+
+    written = yaml.safe_load((results / "export.spec.yaml").read_text())  # the deployment's results folder
+    assert written["export"]["input_height"] == 64 and written["model"]["sem_seg_head"]["num_classes"] == classes
+    assert written["model"]["one_former"]["num_object_queries"] == 12  # the deployment's spec (specs/smoke.yaml)
+    assert written["dataset"]["label_map"] == f"{small_synth.parent}/train/label_map.json"  # and its sources
+    assert (results / "export" / "model.onnx").is_file()
+    name = json.loads(run("flow-run", "ls", "--flow-name", "oneformer-export", "--output", "json").stdout)[0]["name"]
+    assert name.startswith("export-random-"), name  # named for its action and parent, in Prefect and in MLflow
+
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{results.resolve()}/mlflow.db")
+    tracked = c.search_runs([c.get_experiment_by_name("oneformer").experiment_id], "tags.action = 'export'")
+    assert [r.info.run_name for r in tracked] == [name]

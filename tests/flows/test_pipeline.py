@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from servers import s3_env
 
-from flows.params import ActionInputs, Tracking
+from flows.params import Tracking
 from flows.pipeline import pipeline
 from tasks.automl import open_study, rdb_storage
 from tasks.sources import DataSources
@@ -159,10 +159,8 @@ def test_action_flows_take_a_run_id_or_a_registered_model_as_parent(first: dict,
     from flows.train import train_flow
     from oneformer.errors import CheckpointError
 
-    inputs = ActionInputs(spec="specs/smoke.yaml", overrides=first["overrides"], sources=bucket,
-                          results_dir=str(tmp_path / "actions"),
-                          tracking_config=Tracking(tracking_uri=first["tracking_uri"]))
-    common = {"inputs": inputs}
+    common = {"spec": "specs/smoke.yaml", "overrides": first["overrides"], "sources": bucket,
+              "results_dir": str(tmp_path / "actions"), "tracking_config": Tracking(tracking_uri=first["tracking_uri"])}
     run_id = first["mlflow_run_id"]
 
     exported = export_flow(parent=run_id, **common)
@@ -175,8 +173,8 @@ def test_action_flows_take_a_run_id_or_a_registered_model_as_parent(first: dict,
     assert predicted["images"] == 2
     engine = gen_trt_engine_flow(parent=run_id, precision="fp16", **common)
     assert "engine_file" in engine or "TensorRT" in engine["skipped"]
-    one_epoch = inputs.model_copy(update={"overrides": {**first["overrides"], "train.num_epochs": 1}})
-    trained = train_flow(parent="models:/synthetic@candidate", inputs=one_epoch)
+    one_epoch = {**common, "overrides": {**first["overrides"], "train.num_epochs": 1}}
+    trained = train_flow(parent="models:/synthetic@candidate", **one_epoch)
     assert trained["epochs"] == 1 and trained["best"] is not None
     c = MlflowClient(first["tracking_uri"])
     runs = c.search_runs([c.get_experiment_by_name("oneformer").experiment_id], f"tags.parent = '{run_id}'")
