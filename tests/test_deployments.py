@@ -38,6 +38,10 @@ def test_prefect_yaml_deploys_every_flow_and_the_nightly_schedule() -> None:
             "gen-trt-engine"} == set(entry)
     nightly = next(d for d in config["deployments"] if d["name"] == "nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    limit = ConcurrencyLimitConfig(**nightly["concurrency_limit"])  # as `prefect deploy` reads it
+    assert (limit.limit, limit.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 def load_flow(entrypoint: str) -> Flow:
