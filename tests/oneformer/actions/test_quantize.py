@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from oneformer.actions.quantize import excluded_nodes, quantize, shapes_skip_dequantize
+from oneformer.actions.quantize import excluded_nodes, gate, quantize, shapes_skip_dequantize
 from oneformer.errors import DataError
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.spec import load_spec
@@ -54,7 +54,19 @@ def test_quantize_a_checkpoint_exports_first_and_reports(random_models: dict) ->
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert OnnxPredictor(random_models["int8"]).info.precision == "int8"
     status = [json.loads(line)["status"] for line in (folder / "status.json").read_text().splitlines()]
-    assert status == ["STARTED", "SUCCESS"]
+    assert status == ["STARTED", "SUCCESS"]  # a quality verdict either way is not a failure of the action
+    assert report["miou_drop"] == pytest.approx(report["mIoU"]["fp32"] - report["mIoU"]["int8"], abs=1e-6)
+    assert report["passed"] == (report["miou_drop"] <= report["max_miou_drop"]) and report["verdict"]
+
+
+def test_int8_gate_is_on_the_validation_miou_drop_with_an_optional_agreement_floor() -> None:
+    kept = gate({"fp32": 0.2816, "int8": 0.2956}, 0.8599, 0.01, None)  # the weakly trained model of issue 11
+    assert kept["passed"] and kept["miou_drop"] == pytest.approx(-0.014)
+    dropped = gate({"fp32": 0.66, "int8": 0.64}, 0.999, 0.01, None)
+    assert not dropped["passed"] and "0.0200 below FP32's 0.6600 (quantize.max_miou_drop=0.01)" in dropped["verdict"]
+    floor = gate({"fp32": 0.2816, "int8": 0.2956}, 0.8599, 0.01, 0.95)
+    assert not floor["passed"] and "85.9900% of pixels, below quantize.min_agreement=0.95" in floor["verdict"]
+    assert not gate({"fp32": None, "int8": None}, 1.0, 0.01, None)["passed"]  # nothing scored: no verdict to pass
 
 
 def test_missing_calibration_set_is_a_clear_error(small_synth: Path, tmp_path: Path) -> None:
