@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,8 +67,8 @@ def shown(url: str) -> str:
 
 
 def sampler(spec: ExperimentSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """automl.sampler, seeded from train.seed and the number of trials the study already holds: repeatable, yet a
-    resumed study does not replay the proposals it already tried."""
+    """automl.sampler, seeded from train.seed plus `offset` (see open_study): repeatable, yet neither a resumed study
+    nor a new study of the same spec replays proposals already tried."""
     seed = spec.train.seed + offset
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
@@ -103,7 +104,8 @@ def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
         raise RuntimeError(f"automl.storage: cannot open the Optuna study database {shown(url)}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Check the URL, that the server "
                            f"is up and the database exists (a SQLAlchemy URL such as "
-                           f"postgresql://user:password@host:5432/optuna)") from exc
+                           f"postgresql://user@host:5432/optuna, the password in PGPASSWORD or in the URL of a spec "
+                           f"file on the worker)") from exc
 
 
 def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -112,7 +114,9 @@ def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStor
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
                                     pruner=pruner(spec), load_if_exists=True)
         optuna.storages.fail_stale_trials(study)
-    study.sampler = sampler(spec, len(study.trials))
+    # the study's own stream (a new study's first proposal is not the old study's, whose best it warm-starts from),
+    # moved on by the trials it holds (a resumed study does not replay its proposals)
+    study.sampler = sampler(spec, zlib.crc32(name.encode()) % 1_000_003 + len(study.trials))
     return study
 
 
@@ -179,7 +183,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
               label: str, spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> dict:
     """Train one trial to its budget (or until pruned) and tell the study; a failure is recorded, not raised."""
     logger = get_run_logger()
-    folder = Path(spec.results_dir).resolve() / "automl" / f"trial_{number:03d}"
+    # one folder per study: trial numbers restart in every study, and a trial resumes from its folder's last.ckpt
+    folder = Path(spec.results_dir).resolve() / "automl" / study.study_name / f"trial_{number:03d}"
     c = tracking.client(tracking_uri)
     run = tracking.start_run(c, experiment, f"trial-{number}", parent_run, {"optuna.trial": str(number)})
     c.log_batch(run, params=[optuna_param(k, v) for k, v in trial.params.items()])

@@ -1,42 +1,32 @@
-"""MLflow model registry: an ONNX model version with its checkpoint, tags, a model card, and the alias rules."""
+"""MLflow model registry: a version people can use (images in, segments out: tasks/served_model.py) with its ONNX
+files and checkpoint, tags, a model card, and the alias rules."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow.onnx
+import mlflow.pyfunc
 import numpy as np
 import onnx
 from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from oneformer.runtime.predictor import META_KEY, ModelInfo
+from oneformer.runtime.segment import PREDICT_PARAMS
 from tasks import tracking
 from tasks.card import ModelCard
 from tasks.results import Registration
-
-
-def signature(onnx_file: Path) -> ModelSignature:
-    """Input and output tensor specs read from the ONNX graph (dynamic axes become -1)."""
-    model = onnx.load(str(onnx_file), load_external_data=False)
-
-    def specs(values: Any) -> Schema:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-            out.append(TensorSpec(np.dtype(dtype), shape, v.name))
-        return Schema(out)
-
-    return ModelSignature(inputs=specs(model.graph.input), outputs=specs(model.graph.output))
 
 
 def champion_params(c: MlflowClient, name: str) -> tuple[str, dict[str, Any]] | None:
@@ -58,23 +48,71 @@ def registered_before(c: MlflowClient, card: ModelCard) -> str | None:
     return None
 
 
-def log_onnx_model(c: MlflowClient, experiment: str, run_id: str, onnx_file: Path, checkpoint: Path) -> LoggedModel:
-    """The ONNX flavour (its signature, the checkpoint beside it) as the run's logged model "model", with what
-    mlflow.onnx.log_model records: the run's params, the run's output link, its step-0 metrics and the MLmodel ids.
-    Written with the client, because the fluent log_model needs MLflow's process-wide tracking URI."""
+SERVED_MODEL = Path(__file__).with_name("served_model.py")  # the pyfunc code logged with every version
+DESCRIPTION = (
+    "OneFormer universal segmentation, trained, tuned and converted by the oneformer pipeline. Every version is a "
+    "`candidate`; `champion` is the best on the same test images whose INT8 gate passed. Use it with "
+    "`mlflow.pyfunc.load_model('models:/{name}@champion').predict(['image.jpg'], "
+    "params={{'task': 'semantic', 'precision': 'fp32'}})`: paths, encoded image bytes or HxWx3 uint8 arrays in; a "
+    "label map, a segment map and named segments per image out. `mlflow models serve -m models:/{name}@champion` "
+    "serves the same over HTTP (images as base64). Each version's card holds its metrics and lineage.")
+
+
+def signature() -> ModelSignature:
+    """One column of images (encoded bytes over HTTP; paths and arrays in Python) and the two predict params."""
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary)]),
+                          params=ParamSchema([ParamSpec(k, DataType.string, v) for k, v in PREDICT_PARAMS.items()]))
+
+
+def serving_config(card: ModelCard, onnx_file: Path) -> dict[str, Any]:
+    """What the served model needs besides its files: the graph's task and size and the post-processing settings."""
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    if META_KEY not in meta:
+        raise ValueError(f"{onnx_file} has no oneformer metadata: export it with `oneformer export`")
+    info = ModelInfo.from_json(meta[META_KEY], str(onnx_file))
+    test = card.spec.get("model", {}).get("test", {})
+    return {"task": info.task, "image_size": info.input_size,
+            "thresholds": {"object_mask_threshold": test.get("object_mask_threshold", 0.8),
+                           "overlap_threshold": test.get("overlap_threshold", 0.8),
+                           "topk": test.get("test_topk_per_image", 100)}}
+
+
+def example_image(config: dict[str, Any]) -> bytes:
+    """A PNG of the graph's input size: the model's input example (MLflow checks the model predicts on it)."""
+    h, w = config["image_size"] or (64, 64)
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def requirements() -> list[str]:
+    """The served model's pip requirements, pinned to what trained it (inferring them runs a 2 s subprocess)."""
+    names = ("mlflow", "onnxruntime", "onnx", "numpy", "pandas", "pillow", "torch", "transformers", "pydantic",
+             "pyyaml", "oneformer-pipeline")
+    return [f"{n}=={importlib.metadata.version(n)}" for n in names]
+
+
+def log_served_model(c: MlflowClient, experiment: str, run_id: str, card: ModelCard, files: dict[str, Path]
+                     ) -> LoggedModel:
+    """The version's pyfunc model (served_model.py with its ONNX files and checkpoint) as the run's logged model
+    "model", with what log_model records: the run's params, the run's output link, its step-0 metrics and the
+    MLmodel ids. Written with the client, because the fluent log_model needs MLflow's process-wide tracking URI."""
     run = c.get_run(run_id)
-    model = c.create_logged_model(experiment, name="model", source_run_id=run_id, model_type="onnx",
+    model = c.create_logged_model(experiment, name="model", source_run_id=run_id, model_type="oneformer",
                                   params=dict(run.data.params))
     try:
         with tempfile.TemporaryDirectory(prefix="oneformer-model-") as tmp:
+            config = serving_config(card, files["fp32"])
+            config_file = Path(tmp) / "serving.json"
+            config_file.write_text(json.dumps(config, indent=1))
             local = Path(tmp) / "model"
             ids = Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id,
                         model_id=model.model_id)
-            mlflow.onnx.save_model(onnx.load(str(onnx_file)), str(local), mlflow_model=ids,
-                                   signature=signature(onnx_file), extra_files=[str(checkpoint)],
-                                   onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
-                                   # the flavour's own list: inferring it runs a subprocess (2 s) to find the same
-                                   pip_requirements=mlflow.onnx.get_default_pip_requirements())
+            mlflow.pyfunc.save_model(str(local), python_model=str(SERVED_MODEL), mlflow_model=ids,
+                                     artifacts={"config": str(config_file), **{k: str(v) for k, v in files.items()}},
+                                     signature=signature(), input_example=[example_image(config)],
+                                     pip_requirements=requirements())
             c.log_model_artifacts(model.model_id, str(local))
         c.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
         metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
@@ -99,9 +137,12 @@ def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str
         return Registration(name=card.name, version=done, aliases=aliases, model_uri=f"models:/{card.name}/{done}",
                             champion=done if "champion" in aliases else None, promoted="champion" in aliases,
                             verdict="registered by this run before it was resumed")
-    model = log_onnx_model(c, experiment, card.run_id, Path(onnx_file), Path(card.selection.checkpoint))
+    files = {"fp32": Path(onnx_file), "checkpoint": Path(card.selection.checkpoint)}
+    if card.int8 is not None and card.int8.file:
+        files["int8"] = Path(card.int8.file)
+    model = log_served_model(c, experiment, card.run_id, card, files)
     try:
-        c.create_registered_model(card.name)
+        c.create_registered_model(card.name, description=DESCRIPTION.format(name=card.name))
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

@@ -96,6 +96,9 @@ def test_each_night_trains_new_trials_and_the_champion_moves_on_the_same_images(
     s2 = open_study(load_spec(results / "spec.yaml"), studies[1], rdb_storage(load_spec(results / "spec.yaml")))
     assert len(s2.trials) == 2 and s2.trials[0].params == json.loads(v1.tags["automl_params"])
     assert s2.trials[0].user_attrs["warm_start"] == "nightly v1" and s2.trials[1].params != s2.trials[0].params
+    # the warm-start trial trained afresh in its own study's folder (trial numbers restart in every study)
+    assert Path(s2.trials[0].user_attrs["checkpoint"]).parent != Path(n1["checkpoint"]).parent
+    assert s2.trials[0].user_attrs["results_dir"].endswith(f"{studies[1]}/trial_000")
     assert [len(n["trials"]) for n in (n1, n2, n3)] == [1, 2, 1]  # each night trained its own new trials
 
     # night 2: the champion (v1) was scored again on night 2's test images, and the alias followed that comparison

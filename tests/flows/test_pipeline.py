@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import pytest
 import torch
 import yaml
@@ -122,6 +123,25 @@ def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> Non
     assert SECRET not in everything
 
 
+def test_the_registered_version_predicts_on_the_images_it_was_made_for(first: dict, small_synth: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from oneformer.data.readers import list_images, read_image
+    from oneformer.data.staging import stage
+    from oneformer.runtime import open_predictor
+    from oneformer.runtime.segment import segment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first["tracking_uri"])  # as a user points MLflow at the store
+    model = mlflow.pyfunc.load_model("models:/synthetic/1")
+    images = list_images(stage(str(small_synth.parent / "inference" / "images.tar.gz"), "inference"), "inference")
+    out = model.predict([str(p) for p in images], params={"precision": "int8"})
+    int8 = open_predictor(first["artifacts"]["int8"])  # the pipeline's own INT8 file answers the same
+    for path, result in zip(images, out, strict=True):
+        image = read_image(path)
+        assert result["model"] == "onnx-int8" and result["label_map"].shape == image.shape[:2]
+        assert (result["label_map"] == segment(int8, image, "semantic", (64, 64)).labels).all()
+        assert result["segments"] and all(isinstance(s["category"], str) for s in result["segments"])
+
+
 def test_next_run_trains_new_trials_and_the_champion_gate_rescored(first: dict, bucket: DataSources,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     results, overrides = first["results"], first["overrides"]
@@ -137,7 +157,8 @@ def test_next_run_trains_new_trials_and_the_champion_gate_rescored(first: dict, 
     assert len(study.trials) == 3
     assert {t.number: t.datetime_complete for t in study.trials if t.number in done} == done  # not repeated
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 3  # nothing re-proposed
-    assert sorted(p.name for p in (results / "automl").glob("trial_*")) == ["trial_000", "trial_001", "trial_002"]
+    folders = sorted(p.relative_to(results / "automl").as_posix() for p in (results / "automl").glob("*/trial_*"))
+    assert folders == [f"{study.study_name}/trial_{n:03d}" for n in range(3)]
     v2 = second["registered"]
     version = c.get_model_version("synthetic", v2["version"])
     assert "candidate" in v2["aliases"] and version.tags["champion_compared"] == "1"

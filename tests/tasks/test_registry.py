@@ -4,15 +4,15 @@ alias."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
-import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper
 from prefect import flow
 
 from oneformer.spec import load_spec
@@ -29,27 +29,27 @@ def register_flow(uri: str, experiment: str, card: ModelCard, onnx_file: str) ->
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> dict:
-    """A SQLite MLflow store with a run, a one-node ONNX model and a checkpoint file to register."""
+def store(tmp_path: Path, random_models: dict) -> dict:
+    """A SQLite MLflow store with a run, and the random checkpoint's ONNX, INT8 and checkpoint files to register."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, "registry-test", tmp_path / "artifacts")
-    graph = helper.make_graph([helper.make_node("Identity", ["pixel_values"], ["scores"])], "g",
-                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", 3, 8, 8])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", 3, 8, 8])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
-    (tmp_path / "model_epoch_000_step_00001.pth").write_bytes(b"weights")
-    return {"uri": uri, "exp": exp, "run": tracking.start_run(c, exp, "pipeline"), "dir": tmp_path}
+    for kind in ("onnx", "int8", "checkpoint"):
+        shutil.copy(random_models[kind], tmp_path / random_models[kind].name)
+    run = tracking.start_run(c, exp, "pipeline")
+    tracking.log_metrics(c, run, {"mIoU": 0.5}, "test_")
+    return {"uri": uri, "exp": exp, "run": run, "dir": tmp_path,
+            "checkpoint": tmp_path / random_models["checkpoint"].name}
 
 
 def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | None = None) -> ModelCard:
     """A card for the store's model with the given test mIoU, INT8 verdict and champion score on the same images."""
-    checkpoint = str(store["dir"] / "model_epoch_000_step_00001.pth")
+    checkpoint = str(store["checkpoint"])
     conversions = (Conversion("onnx", "PyTorch -> ONNX FP32", str(store["dir"] / "model.onnx"),
                               {"agreement": 1.0, "max_abs_diff": {"scores": 1e-6}, "passed": True}),
-                   Conversion("int8", "ONNX FP32 -> INT8", None, {"agreement": 0.99 if int8_passed else 0.5,
-                                                                 "max_abs_diff": {}, "passed": int8_passed,
-                                                                 "mIoU": {"fp32": miou, "int8": miou}}))
+                   Conversion("int8", "ONNX FP32 -> INT8", str(store["dir"] / "model.int8.onnx"),
+                              {"agreement": 0.99 if int8_passed else 0.5, "max_abs_diff": {}, "passed": int8_passed,
+                               "mIoU": {"fp32": miou, "int8": miou}}))
     per_class = [{"class": 0, "name": "sky", "iou": miou}]
     return ModelCard(name="registry-test", spec=load_spec().model_dump(mode="json"),
                      selection=Selection(checkpoint=checkpoint, mIoU=miou), conversions=conversions,
@@ -90,12 +90,104 @@ def test_champion_moves_only_for_a_passing_int8_at_least_as_good(prefect_api, st
     assert described.tags["champion_mIoU_same_test"] == "0.651959" and described.tags["champion_compared"] == "2"
     assert "| ONNX FP32 -> INT8 | 50.0000% |" in c.get_model_version("registry-test", "3").description
     assert c.get_model_version_by_alias("registry-test", "champion").tags["mIoU"] == "0.651959"
+    assert "mlflow.pyfunc.load_model('models:/registry-test@champion')" in \
+        c.get_registered_model("registry-test").description
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])  # as a user points MLflow at the store
-    model = mlflow.pyfunc.load_model("models:/registry-test@champion")
-    out = model.predict(np.ones((2, 3, 8, 8), np.float32))
-    assert out["scores"].shape == (2, 3, 8, 8)
     local = Path(mlflow.artifacts.download_artifacts("models:/registry-test@champion", dst_path=str(store["dir"])))
-    assert {"MLmodel", "model.onnx", "model_epoch_000_step_00001.pth"} <= {p.name for p in local.rglob("*")}
+    assert {"MLmodel", "model.onnx", "model.int8.onnx", "random.pth", "serving.json"} <= \
+        {p.name for p in local.rglob("*")}
     outputs = {o.model_id for o in c.get_run(store["run"]).outputs.model_outputs}  # the run lists its models
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     assert len(outputs) == 6 and mlmodel["model_id"] in outputs and mlmodel["run_id"] == store["run"]
+    assert mlmodel["signature"]["params"] and (local / "serving_input_example.json").is_file()
+    logged = c.get_logged_model(mlmodel["model_id"])
+    assert {(m.key, m.value) for m in logged.metrics} == {("test_mIoU", 0.5)}  # shown on MLflow's model page
+
+
+def image_files(data: Path) -> list[Path]:
+    """The tiny dataset's inference images, extracted from its archive."""
+    from oneformer.data.readers import list_images
+    from oneformer.data.staging import stage
+
+    return list_images(stage(str(data / "inference" / "images.tar.gz"), "inference images"), "inference images")
+
+
+@pytest.fixture
+def registered(prefect_api, store: dict, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: ANN001
+    """One registered version (the random checkpoint's files), the store set as MLflow's tracking URI."""
+    register_flow(store["uri"], store["exp"], card(store, 0.5, True), str(store["dir"] / "model.onnx"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    return "models:/registry-test@champion"
+
+
+def test_a_registered_version_predicts_on_images(registered: str, small_synth: Path, random_models: dict) -> None:
+    from oneformer.data.readers import read_image
+    from oneformer.runtime import open_predictor
+    from oneformer.runtime.segment import segment
+
+    model = mlflow.pyfunc.load_model(registered)
+    path = image_files(small_synth.parent)[0]
+    image = read_image(path)
+    as_path, as_bytes, as_array = (model.predict(v)[0] for v in ([str(path)], [path.read_bytes()],
+                                                                  {"image": [image]}))
+    expected = segment(open_predictor(random_models["onnx"]), image, "semantic", (64, 64))
+    for out in (as_path, as_bytes, as_array):  # the same answer whichever way the image comes
+        assert out["model"] == "onnx-fp32" and out["task"] == "semantic"
+        assert out["label_map"].shape == image.shape[:2]
+        np.testing.assert_array_equal(out["label_map"], expected.labels)
+    names = {c["name"] for c in yaml.safe_load((small_synth.parent / "train" / "label_map.json").read_text())}
+    assert {s["category"] for s in as_path["segments"]} <= names
+    assert sum(s["area"] for s in as_path["segments"]) == image.shape[0] * image.shape[1]
+    int8 = model.predict([str(path)], params={"precision": "int8"})[0]
+    assert int8["model"] == "onnx-int8" and int8["label_map"].shape == image.shape[:2]
+    panoptic = model.predict([str(path)], params={"task": "panoptic"})[0]  # not the graph's task: the checkpoint
+    assert panoptic["model"] == "checkpoint-fp32" and panoptic["segment_map"].shape == image.shape[:2]
+    with pytest.raises(Exception, match="precision='fp16'"):
+        model.predict([str(path)], params={"precision": "fp16"})
+    with pytest.raises(Exception, match="image 0: 7 bytes that no image decoder reads"):
+        model.predict([b"notapng"])
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_synth: Path, tmp_path: Path) -> None:
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from servers import free_port
+
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", registered, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              # MLflow execs `uvicorn` from PATH: the venv's bin, as an activated venv has it
+                              env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"},
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        path = image_files(small_synth.parent)[0]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(path.read_bytes()).decode()]]},
+                "params": {"precision": "int8"}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    (prediction,) = answer["predictions"]
+    h, w = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path)).shape[:2]
+    assert prediction["model"] == "onnx-int8" and np.asarray(prediction["label_map"]).shape == (h, w)
+    assert all(isinstance(s["category"], str) for s in prediction["segments"])
