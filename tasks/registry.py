@@ -17,7 +17,7 @@ from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types import DataType, ParamSchema, ParamSpec
 from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -59,8 +59,9 @@ DESCRIPTION = (
 
 
 def signature() -> ModelSignature:
-    """One column of images (encoded bytes over HTTP; paths and arrays in Python) and the two predict params."""
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary)]),
+    """The two predict params; no input schema, because MLflow's column and tensor schemas each refuse one of the
+    image forms the model takes (a path or bytes, or one HxWx3 array): served_model.images_of reads them all."""
+    return ModelSignature(inputs=None,
                           params=ParamSchema([ParamSpec(k, DataType.string, v) for k, v in PREDICT_PARAMS.items()]))
 
 

@@ -32,8 +32,8 @@ def images_of(model_input: Any) -> list[Any]:
             raise ValueError(f"expected one column of images, got the keys {sorted(model_input)}")
         values = next(iter(model_input.values()))
         return list(values) if isinstance(values, list | tuple) else [values]
-    if isinstance(model_input, np.ndarray) and model_input.dtype != object and model_input.ndim in (2, 3):
-        return [model_input]  # one HxW or HxWx3 array
+    if isinstance(model_input, np.ndarray) and np.issubdtype(model_input.dtype, np.number):
+        return [model_input] if model_input.ndim in (2, 3) else list(model_input)  # one image, or a stack [N,H,W,3]
     if isinstance(model_input, list | tuple | np.ndarray):
         return list(model_input)
     return [model_input]

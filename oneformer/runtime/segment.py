@@ -3,6 +3,8 @@ registered MLflow model share, so a pulled model predicts exactly what `oneforme
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +49,15 @@ class Segmentation:
 
 
 def to_rgb(value: Any, what: str = "image") -> np.ndarray:
-    """An RGB uint8 [H, W, 3] array from a path, encoded bytes (PNG, JPEG, ...) or an array (HxWx3, HxWx4, HxW)."""
-    if isinstance(value, str | Path):
-        path = Path(value)
-        if not path.is_file():
-            raise DataError(f"{what}: {value!s:.200} is not an image file")
-        value = path.read_bytes()
+    """An RGB uint8 [H, W, 3] array from a path, encoded bytes (PNG, JPEG, ...), their base64 text, or an array
+    (HxWx3, HxWx4, HxW)."""
+    if isinstance(value, Path) or (isinstance(value, str) and len(value) < 4096 and Path(value).is_file()):
+        value = Path(value).read_bytes()
+    elif isinstance(value, str):  # JSON carries encoded images as base64 text (MLflow's scoring server passes it on)
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise DataError(f"{what}: {value:.200} is neither an image file nor a base64-encoded image") from None
     if isinstance(value, bytes | bytearray | memoryview):
         try:
             with Image.open(io.BytesIO(bytes(value))) as im:

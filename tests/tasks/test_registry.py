@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from prefect import flow
@@ -128,10 +129,13 @@ def test_a_registered_version_predicts_on_images(registered: str, small_synth: P
     model = mlflow.pyfunc.load_model(registered)
     path = image_files(small_synth.parent)[0]
     image = read_image(path)
-    as_path, as_bytes, as_array = (model.predict(v)[0] for v in ([str(path)], [path.read_bytes()],
-                                                                  {"image": [image]}))
+    forms = ([str(path)], str(path), [path.read_bytes()], image, [image, image], {"image": [image]},
+             pd.DataFrame({"image": [path.read_bytes()]}))
+    results = [model.predict(v) for v in forms]
+    assert [len(r) for r in results] == [1, 1, 1, 1, 2, 1, 1]
+    as_path = results[0][0]
     expected = segment(open_predictor(random_models["onnx"]), image, "semantic", (64, 64))
-    for out in (as_path, as_bytes, as_array):  # the same answer whichever way the image comes
+    for out in (r for rs in results for r in rs):  # the same answer whichever way the image comes
         assert out["model"] == "onnx-fp32" and out["task"] == "semantic"
         assert out["label_map"].shape == image.shape[:2]
         np.testing.assert_array_equal(out["label_map"], expected.labels)
@@ -146,6 +150,8 @@ def test_a_registered_version_predicts_on_images(registered: str, small_synth: P
         model.predict([str(path)], params={"precision": "fp16"})
     with pytest.raises(Exception, match="image 0: 7 bytes that no image decoder reads"):
         model.predict([b"notapng"])
+    with pytest.raises(Exception, match="image 1: no/such.png is neither an image file nor a base64-encoded image"):
+        model.predict([str(path), "no/such.png"])
 
 
 @pytest.mark.slow
@@ -158,6 +164,8 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
     import urllib.request
 
     from servers import free_port
+
+    from oneformer.data.readers import read_image
 
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
@@ -178,16 +186,18 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
                     raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
         path = image_files(small_synth.parent)[0]
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(path.read_bytes()).decode()]]},
-                "params": {"precision": "int8"}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        answers = []
+        for body in ({"inputs": [encoded], "params": {"precision": "int8"}},
+                     {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers.append(json.loads(response.read())["predictions"])
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
-    (prediction,) = answer["predictions"]
-    h, w = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path)).shape[:2]
-    assert prediction["model"] == "onnx-int8" and np.asarray(prediction["label_map"]).shape == (h, w)
-    assert all(isinstance(s["category"], str) for s in prediction["segments"])
+    h, w = read_image(path).shape[:2]
+    for (prediction,), model in zip(answers, ("onnx-int8", "onnx-fp32")):
+        assert prediction["model"] == model and np.asarray(prediction["label_map"]).shape == (h, w)
+        assert prediction["segments"] and all(isinstance(s["category"], str) for s in prediction["segments"])
