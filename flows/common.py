@@ -18,8 +18,9 @@ from prefect import get_run_logger, runtime
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import Task
 
-from flows.params import ActionInputs
+from flows.params import ActionInputs, refuse_secrets
 from oneformer.artifacts import write_json, write_text
+from oneformer.secrets import redact_text, redact_url
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
 from tasks import tracking
 from tasks.locks import exclusive
@@ -117,6 +118,7 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
     """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error), all
     while holding the results folder against other runs."""
     logger = get_run_logger()
+    refuse_secrets(inputs.model_dump(mode="json"))  # before anything is written or logged
     base = spec_from(inputs)
     s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
     results = Path(base.results_dir).resolve()
@@ -134,7 +136,7 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
         run_name = runtime.flow_run.name or "local"
         run = tracking.start_run(c, exp, run_name if run_name.startswith(f"{name}-") else f"{name}-{run_name}",
                                  tags={"prefect.flow_run_id": flow_run_id, "run_key": key, **link, **(tags or {})})
-        logger.info("MLflow run %s in %s", run, uri)
+        logger.info("MLflow run %s in %s", run, tracking.shown(uri))
         r = TrackedRun(spec, inputs, results, uri, c, exp, run, flow_run_id, key)
         if name == "pipeline":
             write_json(results / RUN_RECORD, {"run_key": key, "flow_run_id": flow_run_id, "mlflow_run": run,
@@ -149,7 +151,8 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
             c.set_terminated(run, "FAILED")
             if name == "pipeline":
                 write_json(results / RUN_RECORD, {"run_key": key, "flow_run_id": flow_run_id, "mlflow_run": run,
-                                                  "state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                                                  "state": "FAILED",
+                                                  "error": redact_text(f"{type(exc).__name__}: {exc}")[:2000]})
             raise
         c.set_terminated(run, "FINISHED")
         if name == "pipeline":
@@ -163,12 +166,12 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     r = ACTIVE.pop(str(flow_run.id), None)
     if r is None:  # it failed before its MLflow run opened: nothing to record there
         return
-    message = state.message or state.name
+    message = redact_text(state.message or state.name)
     try:
         if r.client.get_run(r.run).info.status == "RUNNING":
             r.client.set_terminated(r.run, "FAILED")
         text = "\n".join([f"# {flow.name}: {state.name}", "", f"**Error:** {message}", "",
-                          f"MLflow run: {r.url} (tracking URI `{r.uri}`)"])
+                          f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"])
         r.log_files([write_text(r.results / "summary.md", text)], "")
         r.set_tags({"failure": message[:5000]})
         create_markdown_artifact(markdown=text, key=f"{flow.name}-summary", description=f"{flow.name} failed")
@@ -179,13 +182,14 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
 @contextmanager
 def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[TrackedRun]:
     """An action flow's run: tagged with its parent, closed with a markdown artifact of its outputs."""
+    refuse_secrets({"parent": parent})
     with tracked_run(action, inputs, action, f"{action}.spec.yaml", {"action": action, "parent": parent or ""}) as r:
         yield r
         r.log_metrics({k: v for k, v in r.outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)})
         lines = [f"# oneformer {action}", "", f"parent: `{parent}`", "", "| output | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | `{v}` |"
                   for k, v in r.outputs.items() if isinstance(v, int | float | str)]
-        lines += ["", f"MLflow run: {r.url} (tracking URI `{r.uri}`)"]
+        lines += ["", f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"]
         create_markdown_artifact(markdown="\n".join(lines), key=f"oneformer-{action.replace('_', '-')}",
                                  description=f"oneformer {action} result")
 
@@ -196,7 +200,7 @@ def run_name(action: str) -> Callable[[], str]:
 
     def name() -> str:
         params = runtime.flow_run.parameters
-        parent = str(params.get("parent") or "")
+        parent = redact_url(str(params.get("parent") or ""))  # a refused parent's password is not in the name
         if re.fullmatch(r"[0-9a-f]{32}", parent):  # an MLflow run id
             short = parent[:8]
         elif parent.startswith("models:/"):
@@ -218,4 +222,6 @@ def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
         sys.exit(usage)
     own = {"parent": args.pop(0)} if with_parent else {}
     spec = args.pop(0) if args and "=" not in args[0] else None
-    print(flow(**own, spec=spec, overrides=dict(parse_override(a) for a in args)))
+    overrides = dict(parse_override(a) for a in args)
+    refuse_secrets({**own, "overrides": overrides})  # before Prefect stores them with the flow run
+    print(flow(**own, spec=spec, overrides=overrides))

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_origin
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+from oneformer.secrets import SECRET_KEYS, redact, secrets_in
 from tasks.sources import DataSources
 
 
@@ -35,7 +36,47 @@ class Tracking(BaseModel):
     experiment: str = Field("oneformer", min_length=1)
 
 
+S3_BLOCK = ("Prefect block with the S3 credentials: `aws-credentials/<name>` (prefect-aws AwsCredentials) or the "
+            "name of a Secret block holding JSON")
 TrtPrecision = Literal["fp32", "fp16", "int8"]
+# Where each kind of secret goes instead of a flow parameter (Prefect stores parameters as given: database, UI).
+WHERE_SECRETS_GO = (
+    "Prefect stores flow parameters as given (its database, the UI), so a secret never comes in as one. Keep the "
+    "password out of the URL (postgresql://user@host:5432/db) and set PGPASSWORD in the worker's environment "
+    "(libpq and psycopg read it: Optuna's study storage and MLflow's PostgreSQL store), or put the whole URL in a "
+    "spec file on the worker (the `spec` parameter names the file); give MLflow's URI and credentials as "
+    "MLFLOW_TRACKING_URI / MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the worker's environment; S3 keys "
+    "as an AwsCredentials or Secret block named by s3_secret_block (or AWS_* in the worker's environment); "
+    f"{' and '.join(sorted(SECRET_KEYS))} in the spec file; any other secret in a Prefect Secret block.")
+
+
+class SecretParameterError(ValueError):
+    """A flow parameter holds a secret; refused before anything is written, logged or connected to."""
+
+
+def refuse_secrets(parameters: dict[str, Any]) -> None:
+    """Refuse parameters that hold a secret (a URL with a password, encryption_key); a flow run that got one has its
+    stored parameters overwritten with the masked values first, so the secret leaves Prefect's database too."""
+    found = secrets_in(parameters)
+    if not found:
+        return
+    _scrub_flow_run_parameters()
+    raise SecretParameterError(f"parameter {', '.join(found)} holds a secret (a password in a URL, or "
+                               f"{'/'.join(sorted(SECRET_KEYS))}); refused. {WHERE_SECRETS_GO}")
+
+
+def _scrub_flow_run_parameters() -> None:
+    """Overwrite this flow run's parameters in the API with their masked copies (nothing outside a flow run)."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+
+    if not runtime.flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(runtime.flow_run.id).parameters
+        client.update_flow_run(runtime.flow_run.id, parameters=redact(stored))
+
+
 # The parameters every action flow shares: which model it starts from, and which file of it.
 Parent = Annotated[str, Field(description="MLflow run id, models:/<name>@<alias> or models:/<name>/<version>, "
                                           "or a path")]
@@ -53,7 +94,7 @@ class ActionInputs(BaseModel):
     sources: DataSources = Field(default_factory=DataSources, description="Dataset URIs in TAO's bucket layout")
     results_dir: str | None = Field(None, description="Default: the spec's results_dir")
     tracking_config: Tracking = Field(default_factory=Tracking, description="MLflow tracking URI and experiment")
-    s3_secret_block: str | None = Field(None, description="Prefect Secret block with S3 settings (JSON)")
+    s3_secret_block: str | None = Field(None, description=S3_BLOCK)
 
 
 R = TypeVar("R")

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from flows import stages as stage
 from flows.common import on_failure, tracked_run
-from flows.params import ActionInputs, Stages, Tracking, TrtPrecision
+from flows.params import S3_BLOCK, ActionInputs, Stages, Tracking, TrtPrecision, refuse_secrets
+from tasks import tracking
 from tasks.sources import DataSources
 
 TIMEOUT_S = 20 * 3600  # a nightly run must end before the next night's starts
@@ -47,7 +48,7 @@ def pipeline(
     model_name: Annotated[str | None, Field(description="Registered model name (default: the spec's)")] = None,
     results_dir: Annotated[str | None, Field(description="Default: the spec's results_dir")] = None,
     tracking_config: Tracking = Tracking(),
-    s3_secret_block: Annotated[str | None, Field(description="Prefect Secret block with S3 settings (JSON)")] = None,
+    s3_secret_block: Annotated[str | None, Field(description=S3_BLOCK)] = None,
     resume: Annotated[bool, Field(description="Continue the last unfinished run in results_dir: its finished trials "
                                               "count toward n_trials and its finished stages are reused")] = False,
 ) -> dict:
@@ -70,7 +71,7 @@ def pipeline(
             card = stage.card(r, selected, evaluation, conversions, lineage, champion)
             registration = stage.register_version(r, card, conversions)
         stage.summary(r, selected, evaluation, conversions, artifacts, registration)
-    return {"checkpoint": selected.checkpoint, "mlflow_run_id": r.run, "tracking_uri": r.uri,
+    return {"checkpoint": selected.checkpoint, "mlflow_run_id": r.run, "tracking_uri": tracking.shown(r.uri),
             "chosen": {k: v for k, v in asdict(selected).items() if k != "trials"},
             "trials": [asdict(t) for t in selected.trials], "metrics": evaluation.metrics if evaluation else {},
             "engines": {c.kind.removeprefix("engine_"): c.report for c in conversions if c.kind.startswith("engine_")},
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument(f"--{source}", help=f"{source} data URI (s3://..., file://... or a folder)")
     p.add_argument("overrides", nargs="*", help="dotted key=value spec overrides")
     a = p.parse_args(argv)
-    result = pipeline(spec=a.spec, overrides=dict(parse_override(o) for o in a.overrides),
+    overrides = dict(parse_override(o) for o in a.overrides)
+    refuse_secrets({"overrides": overrides, "tracking_config": {"tracking_uri": a.mlflow_uri},  # before Prefect
+                    "sources": {"train": a.train, "eval": a.eval, "inference": a.inference,  # stores them
+                                "calibration": a.calibration}})
+    result = pipeline(spec=a.spec, overrides=overrides,
                       sources=DataSources(train=a.train, eval=a.eval, inference=a.inference,
                                           calibration=a.calibration),
                       automl_policy=not a.no_automl, n_trials=a.trials, results_dir=a.results_dir,

@@ -24,9 +24,9 @@ from oneformer.actions import TABLE
 from oneformer.artifacts import write_text
 from oneformer.errors import OneFormerError
 from oneformer.model.checkpoint import read_checkpoint
-from oneformer.spec import ExperimentSpec, dump_spec, flatten, with_values
+from oneformer.spec import ExperimentSpec, dump_spec, flatten, public_dict, with_values
 from tasks import actions, charts, stage_cache, tracking
-from tasks.automl import run_study, selection, storage_url, study_key, study_name, study_rows
+from tasks.automl import run_study, selection, shown, storage_url, study_key, study_name, study_rows
 from tasks.card import KEY_SETTINGS, ModelCard
 from tasks.locks import exclusive
 from tasks.parents import resolve_parent
@@ -88,7 +88,7 @@ def train(r: TrackedRun, automl_policy: bool, lineage: Lineage) -> Selection:
         def report(done: int, total: int, rows: list[dict]) -> None:
             update_progress_artifact(progress, 100.0 * done / max(total, 1), description=f"{done}/{total} trials")
 
-        with exclusive("study", f"{storage_url(r.spec)}#{name}"):
+        with exclusive("study", f"{shown(storage_url(r.spec))}#{name}"):  # the password in neither name nor error
             study = run_study(r.spec, r.uri, r.experiment, r.run, key, r.run_key, champion_params(r.client,
                               r.spec.model_name), report)
         update_progress_artifact(progress, 100.0, description="study done")
@@ -218,8 +218,9 @@ def card(r: TrackedRun, selected: Selection, evaluation: Evaluation | None, conv
          lineage: Lineage, champion_score: ChampionScore | None = None) -> ModelCard:
     """The model card of this run's version."""
     checkpoint = read_checkpoint(selected.checkpoint)
-    flat = flatten(r.spec.model_dump(mode="json"))
-    return ModelCard(name=r.spec.model_name, spec=r.spec.model_dump(mode="json"), selection=selected,
+    spec = public_dict(r.spec)  # the card goes into the registry: no secret in it
+    flat = flatten(spec)
+    return ModelCard(name=r.spec.model_name, spec=spec, selection=selected,
                      evaluation=evaluation, conversions=conversions,
                      params_m=sum(v.numel() for v in checkpoint.state_dict.values()) / 1e6,
                      key_settings={**{k: v for k, v in flat.items() if k in KEY_SETTINGS}, **selected.params},
@@ -233,7 +234,7 @@ def register_version(r: TrackedRun, model_card: ModelCard, conversions: tuple[Co
     """The ONNX model registered under the spec's model name, with the card, tags and aliases."""
     onnx_file = next(c.file for c in conversions if c.kind == "onnx")
     registration = register(r.uri, r.experiment, model_card, onnx_file)
-    base = r.uri if r.uri.startswith("http") else "http://127.0.0.1:5000"
+    base = tracking.shown(r.uri) if r.uri.startswith("http") else "http://127.0.0.1:5000"
     create_link_artifact(f"{base.rstrip('/')}/#/models/{registration.name}/versions/{registration.version}",
                          link_text=f"{registration.name} v{registration.version}", key="registered-model-version",
                          description="The model version this run registered")
@@ -256,7 +257,7 @@ def summary(r: TrackedRun, selected: Selection, evaluation: Evaluation | None, c
     if registration:
         lines += ["", f"Registered **{registration.name} v{registration.version}** (aliases: "
                       f"{', '.join(registration.aliases)}): {registration.verdict}"]
-    lines += ["", f"MLflow run: {r.url} (tracking URI `{r.uri}`)"]
+    lines += ["", f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"]
     text = "\n".join(lines)
     create_markdown_artifact(markdown=text, key="oneformer-pipeline", description="OneFormer pipeline result")
     r.log_files([write_text(r.results / "summary.md", text)], "")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from oneformer.errors import ConversionError
+from oneformer.secrets import redact
 
 
 @contextmanager
@@ -82,10 +83,11 @@ class StatusWriter:
         self.path = Path(folder) / "status.json"
 
     def write(self, status: str, message: str, **fields: Any) -> None:
-        """One line; `kpi` and other fields pass through as given (None values are left out)."""
+        """One line; `kpi` and other fields pass through as given (None values are left out), URL passwords in a
+        message (an error's text) masked."""
         now = datetime.now()
-        line = {"date": now.strftime("%-m/%-d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
-                "message": message, **{k: v for k, v in fields.items() if v is not None}}
+        line = redact({"date": now.strftime("%-m/%-d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
+                       "message": message, **{k: v for k, v in fields.items() if v is not None}})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:  # appended, not replaced: tools tail this file while the action runs
             f.write(json.dumps(line) + "\n")

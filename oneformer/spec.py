@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oneformer.errors import SpecError
+from oneformer.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -590,6 +591,12 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def public_dict(spec: ExperimentSpec) -> dict:
+    """The spec as plain data for anything written (files, params, checkpoints, cards): encryption_key and URL
+    passwords masked. The spec object itself keeps them, for the code that connects."""
+    return redact(spec.model_dump(mode="json"))
+
+
 def dump_spec(spec: ExperimentSpec) -> str:
-    """The resolved spec as YAML."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    """The resolved spec as YAML, secrets masked (see public_dict): every spec file written goes through here."""
+    return yaml.safe_dump(public_dict(spec), sort_keys=False)

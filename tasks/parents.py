@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from oneformer.data.staging import is_remote, stage
 from oneformer.errors import CheckpointError
 from oneformer.model.checkpoint import resolve
+from oneformer.secrets import redact_text
 from tasks import tracking
 from tasks.staging import s3_options, transient
 
@@ -69,7 +70,8 @@ def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_sec
             if local.is_dir() and kind == "checkpoint":
                 return str(resolve("best", local, "parent"))
     except MlflowException as exc:
-        raise CheckpointError(f"parent {parent}: not found in MLflow at {tracking_uri} ({exc.message})") from None
+        raise CheckpointError(f"parent {parent}: not found in MLflow at {tracking.shown(tracking_uri)} "
+                              f"({redact_text(exc.message)})") from None
     path = _pick(local, kind, parent)
     logger.info("parent %s -> %s", parent, path)
     return str(path)

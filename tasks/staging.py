@@ -19,14 +19,25 @@ S3_SECRET_KEYS = {"endpoint_url": ("client_kwargs", "endpoint_url"), "region": (
                   "access_key_id": ("key",), "secret_access_key": ("secret",), "session_token": ("token",)}
 
 
+AWS_CREDENTIALS = "aws-credentials"  # prefect-aws's block type slug: `aws-credentials/<name>` names one
+
+
 def s3_options(block: str | None) -> dict:
-    """s3fs storage options from a Prefect Secret block holding JSON ({} without a block).
+    """s3fs storage options from a Prefect block ({} without one): `aws-credentials/<name>` (prefect-aws's
+    AwsCredentials), else a Secret block holding JSON (`<name>` or `secret/<name>`).
 
     They go to the staging calls that need them, so the credentials never land in os.environ, where they would
     outlive this flow run and leak into the next flow the same worker process runs.
     """
     if not block:
         return {}
+    kind, sep, name = block.partition("/")
+    if sep and kind == AWS_CREDENTIALS:
+        return aws_options(name)
+    if sep and kind != "secret":
+        raise ValueError(f"s3_secret_block {block!r}: name an AwsCredentials block as {AWS_CREDENTIALS}/<name>, or a "
+                         f"Secret block as <name> or secret/<name>")
+    block = name if sep else block
     from prefect.blocks.system import Secret
 
     try:
@@ -43,6 +54,31 @@ def s3_options(block: str | None) -> dict:
         if settings.get(key):
             target = options.setdefault(where[0], {}) if len(where) == 2 else options
             target[where[-1]] = str(settings[key])
+    return options
+
+
+def aws_options(name: str) -> dict:
+    """s3fs storage options from prefect-aws's AwsCredentials block `name`: keys, session token, profile, region,
+    and the endpoint and TLS settings of its aws_client_parameters."""
+    from prefect_aws import AwsCredentials
+
+    try:
+        creds = AwsCredentials.load(name)
+    except ValueError as exc:  # no such block
+        raise ValueError(f"s3_secret_block {AWS_CREDENTIALS}/{name}: {exc}") from None
+    if creds.assume_role_arn:
+        raise ValueError(f"s3_secret_block {AWS_CREDENTIALS}/{name}: assume_role_arn is not supported for staging; "
+                         f"give the block keys (and a session token) or a profile_name")
+    secret = creds.aws_secret_access_key.get_secret_value() if creds.aws_secret_access_key else None
+    given = {"key": creds.aws_access_key_id, "secret": secret, "token": creds.aws_session_token,
+             "profile": creds.profile_name}
+    params = creds.aws_client_parameters
+    client = {"region_name": creds.region_name, "endpoint_url": params.endpoint_url,
+              "verify": str(params.verify_cert_path) if params.verify_cert_path else
+              (False if params.verify is False else None), "use_ssl": False if params.use_ssl is False else None}
+    options: dict = {k: v for k, v in given.items() if v}
+    if client := {k: v for k, v in client.items() if v is not None}:
+        options["client_kwargs"] = client
     return options
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from oneformer.spec import ExperimentSpec, flatten
+from oneformer.secrets import redact_url
+from oneformer.spec import ExperimentSpec, flatten, public_dict
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -60,9 +61,9 @@ def child_run(c: MlflowClient, exp: str, name: str, parent: str) -> Iterator[str
 
 
 def log_spec(c: MlflowClient, run: str, spec: ExperimentSpec, path: Path) -> None:
-    """The flattened spec as params (100 per batch, MLflow's limit) and the YAML as an artifact."""
+    """The flattened spec as params (100 per batch, MLflow's limit) and the YAML as an artifact, secrets masked."""
     params = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
-              for k, v in flatten(spec.model_dump(mode="json")).items()]
+              for k, v in flatten(public_dict(spec)).items()]
     for i in range(0, len(params), 100):
         c.log_batch(run, params=[Param(p.key, p.value[:6000]) for p in params[i:i + 100]])
     c.log_artifact(run, str(path), "spec")
@@ -100,7 +101,12 @@ def log_dataset(c: MlflowClient, run: str, name: str, source: str, digest: str, 
     c.log_inputs(run, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
 
+def shown(uri: str) -> str:
+    """A tracking URI for logs, texts and artifacts: its password masked."""
+    return redact_url(uri)
+
+
 def run_url(uri: str, exp: str, run: str) -> str:
-    """Where to open the run: the server's page, or the `mlflow ui` address for a local store."""
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    """Where to open the run: the server's page (no password in it), or the `mlflow ui` address for a local store."""
+    base = shown(uri) if uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run}"

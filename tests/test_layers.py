@@ -13,7 +13,8 @@ PACKAGES = ("oneformer", "tasks", "flows")
 # Each module may import from its own layer or a lower one; the longest matching prefix gives a module's layer
 # ("oneformer" itself is only the package's __init__: a new module of the package must be placed here).
 LAYERS = {
-    "oneformer": 0, "oneformer.errors": 0, "oneformer.spec": 0, "oneformer.presets": 0, "oneformer.artifacts": 0,
+    "oneformer": 0, "oneformer.errors": 0, "oneformer.spec": 0, "oneformer.secrets": 0, "oneformer.presets": 0,
+    "oneformer.artifacts": 0,
     "oneformer.data": 1,
     "oneformer.model": 2,
     "oneformer.runtime": 3,

@@ -12,6 +12,7 @@ import torch
 from oneformer.artifacts import atomic_path, write_json
 from oneformer.data.labelmap import LabelMap
 from oneformer.errors import CheckpointError
+from oneformer.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,10 @@ class Checkpoint:
 
 
 def checkpoint_meta(net: torch.nn.Module, labels: LabelMap, spec: dict, metrics: dict | None = None) -> dict:
-    """The section that makes a checkpoint self-contained: config, label map and spec."""
+    """The section that makes a checkpoint self-contained: config, label map and spec (its secrets masked: a
+    checkpoint is copied to registries and buckets, and nothing downstream needs them)."""
     return {"hf_config": json.loads(net.config.to_json_string()), "label_map": labels.to_list(),
-            "contiguous_id": labels.contiguous, "spec": spec, "metrics": metrics or {}}
+            "contiguous_id": labels.contiguous, "spec": redact(spec), "metrics": metrics or {}}
 
 
 def save_weights(path: Path, net: torch.nn.Module, labels: LabelMap, spec: dict) -> Path:

@@ -50,8 +50,10 @@ def postgres_bin() -> Path | None:
 
 
 @contextmanager
-def postgres(bindir: Path) -> Iterator[str]:
-    """A fresh PostgreSQL cluster on a free port with a database `optuna`; yields its SQLAlchemy URL."""
+def postgres(bindir: Path, password: str | None = None, databases: tuple[str, ...] = ("optuna",)) -> Iterator[str]:
+    """A fresh PostgreSQL cluster on a free port with `databases` (the first is in the URL); yields its SQLAlchemy
+    URL. With `password`, TCP logins need it (scram-sha-256; the URL leaves it out, PGPASSWORD or the caller adds
+    it); without, they are trusted."""
     root = Path(tempfile.mkdtemp(prefix="oneformer-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root: run it as an ordinary user owning the folder
@@ -68,10 +70,18 @@ def postgres(bindir: Path) -> Iterator[str]:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
             f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start")
         import psycopg
+        import psycopg.sql
 
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=oneformer dbname=postgres", autocommit=True) as c:
-            c.execute("CREATE DATABASE optuna")
-        yield f"postgresql://oneformer@127.0.0.1:{port}/optuna"
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=oneformer dbname=postgres",
+                             autocommit=True) as c:
+            for name in databases:
+                c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+            if password is not None:  # from now on TCP logins need the password; the socket stays trusted
+                c.execute(psycopg.sql.SQL("ALTER USER oneformer PASSWORD {}").format(psycopg.sql.Literal(password)))
+                (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+                                                  "host all all ::1/128 scram-sha-256\n")
+                c.execute("SELECT pg_reload_conf()")
+        yield f"postgresql://oneformer@127.0.0.1:{port}/{databases[0]}"
     finally:
         if (data / "postmaster.pid").exists():
             run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")

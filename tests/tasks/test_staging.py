@@ -1,10 +1,11 @@
 """The stage-data task against a real S3 server: retries while storage is down, never for a user mistake, and
-S3 settings from a Secret block that never reach the process environment."""
+S3 settings from a Secret or an AwsCredentials block that never reach the process environment or the logs."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 import threading
@@ -123,3 +124,47 @@ def test_secret_block_settings_stage_without_touching_the_environment(prefect_ap
     Secret(value=json.dumps({"bucket": "x"})).save("s3-bad", overwrite=True)
     with pytest.raises(ValueError, match=r"Secret block 's3-bad': unknown keys \['bucket'\]"):
         s3_options("s3-bad")
+
+
+class _Lines(logging.Handler):
+    """Every log record's full text (message and traceback), to prove no secret reaches the logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_aws_credentials_block_stages_and_its_keys_are_never_logged(prefect_api, s3,  # noqa: ANN001
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
+    for key in s3_env(endpoint):
+        monkeypatch.delenv(key)  # only the block knows where the bucket is and how to sign in
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    key_id, secret = "AKIASTAGINGKEY4F2E", "staging-secret-8d7c6b5a"
+    AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1",
+                   aws_client_parameters=AwsClientParameters(endpoint_url=endpoint)).save("s3-creds", overwrite=True)
+    lines = _Lines()
+    logging.getLogger().addHandler(lines)
+    try:
+        out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"), "aws-credentials/s3-creds")
+    finally:
+        logging.getLogger().removeHandler(lines)
+
+    staged = out["staged"]["dataset.quant_calibration_dataset.images_dir"]
+    assert (Path(staged) / "a.jpg").read_bytes() == b"jpg"
+    assert any("stage quantize data" in line or "s3://data/d/calibration" in line for line in lines.lines)
+    assert not [line for line in lines.lines if key_id in line or secret in line]
+    assert s3_options("aws-credentials/s3-creds") == {"key": key_id, "secret": secret, "client_kwargs": {
+        "region_name": "us-east-1", "endpoint_url": endpoint}}
+    with pytest.raises(ValueError, match="s3_secret_block aws-credentials/nothing: "):
+        s3_options("aws-credentials/nothing")
+    with pytest.raises(ValueError, match=r"name an AwsCredentials block as aws-credentials/<name>"):
+        s3_options("gcp-credentials/x")
