@@ -94,16 +94,23 @@ def test_missing_object_fails_at_once_naming_uri_and_key(prefect_api, s3, monkey
                                    "does not exist")
 
 
+def block_only(s3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:  # noqa: ANN001 - boto3 client
+    """A calibration archive on S3 with no S3 settings left in the environment (only a block can reach it), and a
+    fresh staging cache; returns the endpoint for the block."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
+    for key in s3_env(endpoint):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    return endpoint
+
+
 def test_secret_block_settings_stage_without_touching_the_environment(prefect_api, s3,  # noqa: ANN001
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       tmp_path: Path) -> None:
     from prefect.blocks.system import Secret
 
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
-    for key in s3_env(endpoint):
-        monkeypatch.delenv(key)  # only the block knows where the bucket is and how to sign in
-    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    endpoint = block_only(s3, monkeypatch, tmp_path)
     Secret(value=json.dumps({"endpoint_url": endpoint, "region": "us-east-1", "access_key_id": "block-key",
                              "secret_access_key": "block-secret"})).save("s3-settings", overwrite=True)
     before = dict(os.environ)
@@ -143,11 +150,7 @@ def test_aws_credentials_block_stages_and_its_keys_are_never_logged(prefect_api,
                                                                      tmp_path: Path) -> None:
     from prefect_aws import AwsClientParameters, AwsCredentials
 
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    s3.put_object(Bucket="data", Key="d/calibration/images.tar.gz", Body=_archive())
-    for key in s3_env(endpoint):
-        monkeypatch.delenv(key)  # only the block knows where the bucket is and how to sign in
-    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    endpoint = block_only(s3, monkeypatch, tmp_path)
     key_id, secret = "AKIASTAGINGKEY4F2E", "staging-secret-8d7c6b5a"
     AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1",
                    aws_client_parameters=AwsClientParameters(endpoint_url=endpoint)).save("s3-creds", overwrite=True)
