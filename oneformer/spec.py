@@ -296,7 +296,16 @@ class EvaluateConfig(Section):
 
     checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
     trt_engine: str | None = None
-    predictions: str | None = Field(None, description="Folder of prediction files to score instead")
+    predictions: str | None = Field(None, description="Folder of prediction files to score instead (semantic/*.png, "
+                                    "panoptic.json + PNGs, COCO results JSON; see the README's metric contract)")
+    semantic_ids: Literal["auto", "raw", "contiguous"] = Field(
+        "auto", description="What the values of semantic prediction PNGs are: raw category ids (0 and "
+                            "dataset.ignore_value unlabeled; what `oneformer inference` writes) or contiguous class "
+                            "indices 0..N-1 (dataset.ignore_value unlabeled). auto: whichever alone fits every file; "
+                            "a file both fit differently is an error asking to set this")
+    missing_predictions: Literal["error", "empty"] = Field(
+        "error", description="An image of the evaluation split with no prediction: an error naming it, or scored "
+                             "as an empty prediction by every metric")
     num_gpus: int = Field(1, ge=0)
     gpu_ids: list[int] = Field(default_factory=lambda: [0])
     results_dir: str | None = None
@@ -548,9 +557,12 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise SpecError([f"spec file {p} does not exist"], str(p))
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError([f"not valid YAML: {exc}"], str(p)) from exc
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError([f"not valid YAML: {exc}"], str(p)) from None
+    if raw is None:  # an empty file would otherwise run every default, /results included
+        raise SpecError(["the file is empty; write a spec (`oneformer default_specs` writes commented templates)"],
+                        str(p))
     if not isinstance(raw, dict):
         raise SpecError(["the top level must be a mapping of sections"], str(p))
     return raw

@@ -26,7 +26,7 @@ def evaluate(spec: ExperimentSpec) -> dict:
     status.write("STARTED", "Evaluation started")
     cfg = spec.evaluate
     if cfg.predictions:
-        files = PredictionFiles(cfg.predictions, read_labels(spec))
+        files = PredictionFiles(cfg.predictions, read_labels(spec), cfg.semantic_ids, spec.dataset.ignore_value)
         scorer, source = score(files, spec), str(cfg.predictions)
     else:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")

@@ -8,33 +8,38 @@ import numpy as np
 
 
 class ConfusionMatrix:
-    """Accumulates a class confusion matrix; void (ignore) pixels are skipped."""
+    """Accumulates a class confusion matrix the way mmseg counts it: pixels whose ground truth is void are skipped;
+    a predicted value outside the classes (unlabeled, -1, 255) is a miss for the ground-truth class and a false
+    positive for none (an extra column, never folded into a real class)."""
 
     def __init__(self, num_classes: int, ignore: int = 255) -> None:
         self.n, self.ignore = num_classes, ignore
-        self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.mat = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predicted unlabeled
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Add one image: predicted and ground-truth class maps of the same shape."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction of shape {pred.shape} for ground truth of shape {gt.shape}")
         keep = (gt != self.ignore) & (gt >= 0) & (gt < self.n)
-        idx = gt[keep].astype(np.int64) * self.n + np.clip(pred[keep].astype(np.int64), 0, self.n - 1)
-        self.mat += np.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
+        p = pred[keep].astype(np.int64)
+        p = np.where((p >= 0) & (p < self.n), p, self.n)
+        idx = gt[keep].astype(np.int64) * (self.n + 1) + p
+        self.mat += np.bincount(idx, minlength=self.n * (self.n + 1)).reshape(self.n, self.n + 1)
 
     def iou(self) -> np.ndarray:
-        """Per-class IoU; NaN for classes absent from both ground truth and predictions."""
-        tp = np.diag(self.mat).astype(float)
-        union = self.mat.sum(0) + self.mat.sum(1) - tp
+        """Per-class IoU; NaN for classes absent from both ground truth and predictions (an empty union)."""
+        tp = np.diag(self.mat[:, : self.n]).astype(float)
+        union = self.mat.sum(1) + self.mat[:, : self.n].sum(0) - tp
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, tp / union, np.nan)
 
     def summary(self) -> dict[str, float]:
-        """mIoU over classes present in the ground truth, and pixel accuracy."""
+        """mIoU over the classes with a non-empty union (mmseg), and pixel accuracy over non-void pixels."""
         iou = self.iou()
-        present = self.mat.sum(1) > 0
         total = self.mat.sum()
         return {
-            "mIoU": float(np.nanmean(iou[present])) if present.any() else 0.0,
-            "pixel_accuracy": float(np.diag(self.mat).sum() / total) if total else 0.0,
+            "mIoU": float(np.nanmean(iou)) if not np.isnan(iou).all() else 0.0,
+            "pixel_accuracy": float(np.diag(self.mat[:, : self.n]).sum() / total) if total else 0.0,
         }
 
 
