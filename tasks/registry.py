@@ -126,44 +126,64 @@ def log_served_model(c: MlflowClient, experiment: str, run_id: str, card: ModelC
     return c.finalize_logged_model(model.model_id, "READY")
 
 
+COMPLETE_TAG = "registration"  # set last: a version without it was cut off mid-registration and is finished later
+
+
 @task(name="register", task_run_name="register {card.name}", cache_policy=NO_CACHE)
 def register(tracking_uri: str, experiment: str, card: ModelCard, onnx_file: str) -> Registration:
-    """Log the ONNX model (with the checkpoint) in the run, register it, tag it, and move the aliases."""
-    logger = get_run_logger()
+    """Log the served model in the run, register it, tag and describe it, and move the aliases; a registration
+    that broke off (the tracking server went away) is finished by the rerun, never made twice."""
     c = tracking.client(tracking_uri)
-    if (done := registered_before(c, card)) is not None:
+    try:
+        return _register(c, experiment, card, onnx_file)
+    except MlflowException as exc:
+        first = str(exc.message).strip().splitlines()[0][:500]
+        raise RuntimeError(f"registering {card.name} at {tracking.shown(tracking_uri)} failed: {first}. Nothing is "
+                           f"half-registered: rerun the pipeline with resume=True and this version is registered "
+                           f"once") from exc
+
+
+def _register(c: MlflowClient, experiment: str, card: ModelCard, onnx_file: str) -> Registration:
+    logger = get_run_logger()
+    done = registered_before(c, card)
+    if done is not None and c.get_model_version(card.name, done).tags.get(COMPLETE_TAG) == "complete":
         aliases = list(c.get_model_version(card.name, done).aliases)
         logger.info("%s v%s was registered by this run already (run %s); not registering it again", card.name, done,
                     card.run_key)
         return Registration(name=card.name, version=done, aliases=aliases, model_uri=f"models:/{card.name}/{done}",
                             champion=done if "champion" in aliases else None, promoted="champion" in aliases,
                             verdict="registered by this run before it was resumed")
-    files = {"fp32": Path(onnx_file), "checkpoint": Path(card.selection.checkpoint)}
-    if card.int8 is not None and card.int8.file:
-        files["int8"] = Path(card.int8.file)
-    model = log_served_model(c, experiment, card.run_id, card, files)
-    try:
-        c.create_registered_model(card.name, description=DESCRIPTION.format(name=card.name))
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry resolves
-    # that URI through the process-wide tracking URI, which this client does not set.
-    version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id, tags=card.tags(),
-                                         model_id=model.model_id).version)
+    if done is None:
+        files = {"fp32": Path(onnx_file), "checkpoint": Path(card.selection.checkpoint)}
+        if card.int8 is not None and card.int8.file:
+            files["int8"] = Path(card.int8.file)
+        model = log_served_model(c, experiment, card.run_id, card, files)
+        try:
+            c.create_registered_model(card.name, description=DESCRIPTION.format(name=card.name))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry
+        # resolves that URI through the process-wide tracking URI, which this client does not set.
+        version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id,
+                                             tags=card.tags(), model_id=model.model_id).version)
+    else:
+        version = done
+        logger.info("%s v%s: finishing the registration an earlier try of this run began", card.name, version)
     card = card.with_version(version)
     c.update_model_version(card.name, version, description=card.markdown())
     c.set_registered_model_alias(card.name, "candidate", version)
     promote, why = card.promotion()
     current = _champion_version(c, card.name)
     expected = card.champion.version if card.champion else None
-    if promote and current != expected:  # another run moved it since this one scored it
+    if promote and current not in (expected, version):  # another run moved it since this one scored it
         promote, why = False, f"the champion changed to v{current} while this run compared against v{expected}"
     if promote:
         c.set_registered_model_alias(card.name, "champion", version)
         logger.info("%s v%s is the champion: %s", card.name, version, why)
     else:
         logger.info("%s v%s stays a candidate: %s", card.name, version, why)
+    c.set_model_version_tag(card.name, version, COMPLETE_TAG, "complete")
     aliases = c.get_model_version(card.name, version).aliases
     return Registration(name=card.name, version=version, aliases=list(aliases),
                         model_uri=f"models:/{card.name}/{version}", champion=version if promote else current,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.artifacts
@@ -201,3 +202,74 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
     for (prediction,), model in zip(answers, ("onnx-int8", "onnx-fp32")):
         assert prediction["model"] == model and np.asarray(prediction["label_map"]).shape == (h, w)
         assert prediction["segments"] and all(isinstance(s["category"], str) for s in prediction["segments"])
+
+
+@pytest.fixture
+def server_store(tmp_path: Path, random_models: dict) -> Iterator[dict]:
+    """An `mlflow server` over HTTP on 127.0.0.1 (SQLite behind it), with a run and the files to register."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from servers import free_port
+
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", (tmp_path / "served").as_uri(), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"},
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "server.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        c = tracking.client(uri)
+        exp = tracking.experiment_id(c, "registry-test", None)
+        for kind in ("onnx", "int8", "checkpoint"):
+            shutil.copy(random_models[kind], tmp_path / random_models[kind].name)
+        yield {"uri": uri, "exp": exp, "run": tracking.start_run(c, exp, "pipeline"), "dir": tmp_path,
+               "checkpoint": tmp_path / random_models["checkpoint"].name}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", ["model-versions/create", "registered-models/alias"])
+def test_a_registration_cut_off_by_the_server_is_finished_once_by_the_rerun(prefect_api, server_store: dict,  # noqa: ANN001
+                                                                           cut: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from faults import Schedule, fault_proxy
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the server is gone: fail now, not after minutes
+    version_card = card(server_store, 0.5, True)
+    schedule = Schedule([], path_contains=cut, rest="reset")
+    with fault_proxy(server_store["uri"], schedule) as proxy, \
+            pytest.raises(Exception, match=r"registering registry-test at http://127\.0\.0\.1:\d+ failed: .*Nothing is "
+                                           r"half-registered: rerun the pipeline with resume=True"):
+        register_flow(proxy, server_store["exp"], version_card, str(server_store["dir"] / "model.onnx"))
+    assert any(f == "reset" for _, f in schedule.seen)  # the cut hit the request it was meant for
+    c = tracking.client(server_store["uri"])
+    before = c.search_model_versions("name = 'registry-test'")
+    assert len(before) == (0 if cut == "model-versions/create" else 1)
+    assert all(v.tags.get("registration") != "complete" for v in before)
+
+    done = register_flow(server_store["uri"], server_store["exp"], version_card, str(server_store["dir"] /
+                                                                                     "model.onnx"))
+    (only,) = c.search_model_versions("name = 'registry-test'")  # registered exactly once
+    assert only.version == done.version and only.tags["registration"] == "complete"
+    assert set(c.get_model_version("registry-test", only.version).aliases) == {"candidate", "champion"}
+    again = register_flow(server_store["uri"], server_store["exp"], version_card, str(server_store["dir"] /
+                                                                                      "model.onnx"))
+    assert again.version == done.version and len(c.search_model_versions("name = 'registry-test'")) == 1
