@@ -1,4 +1,6 @@
-"""`oneformer check`: validate a spec and every data path an action needs, reporting all problems at once."""
+"""`oneformer check`: validate a spec and every data path an action needs, reporting all problems at once. For
+train it runs the very validation training runs before its first step (archives, JSON, category ids, image/mask
+pairs, image headers; every pixel with `deep`), so a check that passes means training starts."""
 
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ def exists(uri: str) -> bool:
     return Path(uri.removeprefix("file://")).expanduser().exists()
 
 
-def check(spec: ExperimentSpec, action: str) -> list[str]:
-    """Problems with the data and model paths `action` will read (empty when all is well)."""
-    problems = []
+def check(spec: ExperimentSpec, action: str, deep: bool = False) -> list[str]:
+    """Problems with the data and model paths `action` will read (empty when all is well); `deep` decodes every
+    image and mask instead of reading their headers."""
+    problems: list[str] = []
+    missing: list[str] = []
     entry = TABLE[action]
     for item in entry.inputs:
         if item.check is None:
@@ -38,8 +42,17 @@ def check(spec: ExperimentSpec, action: str) -> list[str]:
         try:
             if not exists(str(value)):
                 problems.append(f"{item.key}: {value} does not exist")
+                missing.append(str(value))
         except Exception as exc:  # noqa: BLE001 - storage errors are reported, not raised
             problems.append(f"{item.key}: cannot reach {value} ({type(exc).__name__}: {exc})")
+    if action == "train":
+        from oneformer.training.validate import collect, message
+
+        # the validation training runs, plus its pretrained files; a path reported missing above is not repeated
+        for problem in collect(spec, deep, weights=True).problems:
+            text = message(problem)
+            if not any(m in text for m in missing):
+                problems.append(text)
     engine = spec.value_at(f"{action}.trt_engine") if action in ("evaluate", "inference") else None
     if entry.model_key and not engine:
         try:

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a spec and the data paths an action needs")
     c.add_argument("-e", "--experiment_spec", required=True)
     c.add_argument("--action", required=True, choices=ACTIONS)
+    c.add_argument("--deep", action="store_true",
+                   help="decode every image and mask (train runs this itself); default: headers only, fast")
     c.add_argument("overrides", nargs="*")
     s = sub.add_parser("synth", help="generate the synthetic demo dataset in TAO's bucket layout")
     s.add_argument("--out", required=True)
@@ -36,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=int, default=16)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    k = sub.add_parser("cache", help="list or prune the staging cache ($ONEFORMER_CACHE, capped by "
+                       "ONEFORMER_CACHE_MAX_GB)")
+    kv = k.add_subparsers(dest="cache_command", required=True)
+    kv.add_parser("list", help="entries, sizes, last use, source, complete or not").add_argument(
+        "--json", action="store_true", help="machine-readable output")
+    kp = kv.add_parser("prune", help="remove entries no running process uses (default: down to the cap)")
+    how = kp.add_mutually_exclusive_group()
+    how.add_argument("--max-gb", type=float, help="remove least-recently-used entries until the cache fits")
+    how.add_argument("--all", action="store_true", help="remove every entry not in use")
+    kp.add_argument("--incomplete", action="store_true", help="remove what interrupted runs left behind")
     j = sub.add_parser("schema", help="write specs/schemas/<action>.schema.json")
     j.add_argument("-o", "--output", default="specs/schemas")
     return p
@@ -63,15 +75,23 @@ def run(argv: list[str]) -> int:
 
         spec = load_spec(args.experiment_spec, args.overrides)
         print(dump_spec(spec))
-        problems = check(spec, args.action)
+        problems = check(spec, args.action, deep=args.deep)
         if problems:
             raise SpecError(problems, f"{args.experiment_spec} for {args.action}")
-        print(f"spec and data for {args.action}: OK")
+        print(f"spec and data for {args.action}: OK{' (every file decoded)' if args.deep else ''}")
         return 0
     if args.command == "synth":
         from oneformer.data.synth import generate
 
         print(generate(args.out, args.train, args.val, args.size, args.seed))
+        return 0
+    if args.command == "cache":
+        from oneformer.data import cache
+
+        if args.cache_command == "list":
+            print(cache.list_report(args.json))
+        else:
+            print(cache.prune_report(args.max_gb, args.all, args.incomplete))
         return 0
     from oneformer.templates import write_schemas
 

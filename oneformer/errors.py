@@ -26,3 +26,8 @@ class CheckpointError(OneFormerError):
 
 class ConversionError(OneFormerError):
     """An export, quantization or engine build failed or did not match its source closely enough."""
+
+
+class StorageError(OneFormerError):
+    """The storage (S3, HTTP) failed mid-request after the client's own retries: the data may be fine, so a retry
+    (the Prefect task's) is worth it; nothing partial is kept."""

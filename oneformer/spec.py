@@ -260,6 +260,11 @@ class TrainConfig(Section):
     gpu_ids: list[int] = Field(default_factory=lambda: [0])
     num_nodes: int = Field(1, ge=1)
     seed: int = Field(1234, ge=0)
+    verify_data: Literal["decode", "headers"] = Field(
+        "decode", description="What training checks of every image and mask before its first step: decode them all "
+                              "(a corrupt file fails in seconds; about 3 ms a 640 px file on 2 cores, once per "
+                              "process) or read their headers only (sizes and formats; for very large datasets "
+                              "already checked with `oneformer check --deep`)")
     num_epochs: int = Field(50, gt=0)
     checkpoint_interval: int = Field(1, gt=0)
     validation_interval: int = Field(1, gt=0)

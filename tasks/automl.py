@@ -28,6 +28,7 @@ from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
 HEARTBEAT_S = 30
 
 
@@ -136,6 +137,26 @@ def warm_start(study: optuna.Study, space: dict[str, optuna.distributions.BaseDi
     return fitting
 
 
+def retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage, run_key: str) -> list[int]:
+    """Trials a killed process left behind (still RUNNING, or failed by Optuna's stale-heartbeat check) are marked
+    interrupted; those of this run are enqueued again with their parameters, to resume from their own folder's
+    latest checkpoint. Called before this run starts a trial, under the study's lock: no live trial is touched."""
+    retried_before = {t.user_attrs.get("retry_of") for t in study.trials}
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        left = t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and "error" not in t.user_attrs)
+        if not left or t.number in retried_before:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "error", f"{INTERRUPTED}: its process died before it finished")
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.user_attrs.get("run_key") == run_key and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "run_key": run_key,
+                                                      "resume_from": t.user_attrs.get("results_dir", "")})
+            out.append(t.number)
+    return out
+
+
 def study_key(data_digest: str, spec_digest: str) -> str:
     """The part of a study's name that ties it to one dataset and one training spec."""
     return f"d{data_digest[:8]}-s{spec_digest[:8]}"
@@ -144,7 +165,8 @@ def study_key(data_digest: str, spec_digest: str) -> str:
 def ask_new(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistribution], run_key: str,
             attempts: int = 8) -> optuna.Trial:
     """A trial whose parameters no finished trial of the study holds (a repeat is told FAIL and asked again)."""
-    seen = {json.dumps(t.params, sort_keys=True): t.number for t in study.trials if t.state in FINISHED and t.params}
+    seen = {json.dumps(t.params, sort_keys=True): t.number for t in study.trials if t.state in FINISHED and t.params
+            and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)}  # a retry repeats its trial
     for _ in range(attempts):
         with heartbeat_warnings_off():
             trial = study.ask(space)
@@ -185,6 +207,10 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
     logger = get_run_logger()
     # one folder per study: trial numbers restart in every study, and a trial resumes from its folder's last.ckpt
     folder = Path(spec.results_dir).resolve() / "automl" / study.study_name / f"trial_{number:03d}"
+    if resume_from := trial.user_attrs.get("resume_from"):  # the retry of an interrupted trial goes on in its folder
+        folder = Path(resume_from)
+        logger.info("trial %d retries trial %s from its latest checkpoint in %s", number,
+                    trial.user_attrs.get("retry_of"), folder)
     c = tracking.client(tracking_uri)
     run = tracking.start_run(c, experiment, f"trial-{number}", parent_run, {"optuna.trial": str(number)})
     c.log_batch(run, params=[optuna_param(k, v) for k, v in trial.params.items()])
@@ -251,8 +277,11 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
     if champion and not study.trials and (kept := warm_start(study, space, champion[1], champion[0])):
         logger.info("new study %r: first trial warm-starts from %s (%s)", study.study_name, champion[0],
                     trial_label(kept))
+    if retried := retry_interrupted(study, storage, run_key):
+        logger.info("trials %s were interrupted (their process died): retrying them from their own latest "
+                    "checkpoints", ", ".join(map(str, retried)))
     mine = [t for t in study.trials if t.state in FINISHED and t.user_attrs.get("run_key") == run_key
-            and not str(t.user_attrs.get("error", "")).startswith("repeats")]
+            and not str(t.user_attrs.get("error", "")).startswith(("repeats", INTERRUPTED))]
     remaining = spec.automl.n_trials - len(mine)
     logger.info("study %r in %s: %d trials in all, %d finished by this run, %d to run; searching %s",
                 study.study_name, shown(storage_url(spec)), len(study.trials), len(mine), max(remaining, 0),

@@ -10,7 +10,7 @@ from prefect.tasks import exponential_backoff
 
 from oneformer.actions import TABLE
 from oneformer.data.staging import fingerprint, is_remote, stage_all
-from oneformer.errors import OneFormerError
+from oneformer.errors import OneFormerError, StorageError
 from oneformer.spec import ExperimentSpec
 from tasks.sources import DataSources, required
 
@@ -86,6 +86,8 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
     """Retry storage hiccups, never a user mistake (a missing object or a bad archive)."""
     try:
         state.result()
+    except StorageError:  # ours, but the storage's fault: another try may well succeed
+        return True
     except OneFormerError:
         return False
     except Exception:  # noqa: BLE001 - anything else from the storage stack is worth another try

@@ -10,14 +10,15 @@ from contextlib import contextmanager
 import pytorch_lightning as pl
 import torch
 
-from oneformer.data.datasets import SegmentationDataModule, read_labels
+from oneformer.data.datasets import SegmentationDataModule
 from oneformer.data.tokenizer import TextTable
 from oneformer.model.checkpoint import best_entry, read_index
 from oneformer.model.network import freeze, hf_config, num_text
 from oneformer.model.pretrained import load_backbone, load_pretrained
 from oneformer.spec import ExperimentSpec
 from oneformer.training.module import SegmentationModule
-from oneformer.training.trainer import build_trainer, resume_path
+from oneformer.training.trainer import build_trainer
+from oneformer.training.validate import make_results_dir, validate_training
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,13 @@ def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
 
 
 def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl.loggers.Logger | bool) -> dict:
-    train_dir = spec.action_dir("train")
-    train_dir.mkdir(parents=True, exist_ok=True)
-    labels = read_labels(spec)
+    # Everything read is validated first (the same function as `oneformer check`), so a broken file fails here in
+    # seconds; nothing is written before the data, the resume point and the pretrained weights have been read.
+    inputs = validate_training(spec, deep=spec.train.verify_data == "decode")
+    labels = inputs.labels
     config = hf_config(spec.model, labels.names)
     text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)
-    data = SegmentationDataModule(spec, labels, text, num_text(config))
+    data = SegmentationDataModule(spec, labels, text, num_text(config), (inputs.train, inputs.val))
     module = SegmentationModule(spec, config, labels)
     if spec.train.pretrained_model:
         load_pretrained(module.net, spec.train.pretrained_model)
@@ -67,7 +69,14 @@ def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl
             module.net.gradient_checkpointing_enable()
         else:
             log.warning("train.activation_checkpoint: this network does not support it; ignored")
+    train_dir = make_results_dir(spec, "train")
+    for part in train_dir.glob(".*.partial"):  # a checkpoint a killed run was writing: never complete, never used
+        log.info("train: removing %s, left half-written by a run that was stopped", part.name)
+        part.unlink()
     trainer = build_trainer(spec, train_dir, callbacks, logger)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(spec, train_dir))
+    # weights_only explicitly (and SafeCheckpointIO in the trainer): never PyTorch's default, which an environment
+    # variable can turn into running the checkpoint's code.
+    resume = str(inputs.resume) if inputs.resume else None
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     entries = read_index(train_dir)
     return {"train_dir": str(train_dir), "best": best_entry(entries), "checkpoints": entries}

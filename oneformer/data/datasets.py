@@ -10,8 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from oneformer.data.labelmap import LabelMap
-from oneformer.data.readers import Record, labels_from_annotations, load_target, read_image, read_split
-from oneformer.data.staging import stage
+from oneformer.data.readers import Record, labels_from_annotations, load_target, read_image, read_split, stage_input
 from oneformer.data.targets import build_targets, sample_task, semantic_map
 from oneformer.data.tokenizer import TextTable
 from oneformer.data.transforms import eval_size, normalize, pad_divisible, resize_pair, train_transform
@@ -25,15 +24,41 @@ def read_labels(spec: ExperimentSpec, check: bool = True) -> LabelMap:
     """The label map from dataset.label_map, else from the training annotations' categories."""
     ds = spec.dataset
     if ds.label_map:
-        labels = LabelMap.read(stage(ds.label_map, "dataset.label_map"), ds.contiguous_id)
+        labels = LabelMap.read(stage_input(ds.label_map, "dataset.label_map"), ds.contiguous_id)
     else:
         source = ds.train.annotations or ds.val.annotations
         if not source:
             raise DataError("dataset.label_map is not set and no annotations name the categories")
-        labels = labels_from_annotations(source, ds.contiguous_id)
+        key = "dataset.train.annotations" if ds.train.annotations else "dataset.val.annotations"
+        labels = labels_from_annotations(source, ds.contiguous_id, key)
     if check:
         labels.check_fits(spec.model.sem_seg_head.num_classes, "dataset.label_map")
     return labels
+
+
+def load_pair(rec: Record, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, list]:
+    """Image, segment-id map and segments of one record; a file that cannot be decoded, or an image whose mask has
+    another size, is an error naming the files (validation before training normally finds these first)."""
+    try:
+        image = read_image(rec.image)
+        ids, segments = load_target(rec, labels)
+    except OSError as exc:
+        raise DataError(f"cannot decode {rec.image} or its mask ({exc}); run `oneformer check --deep`") from None
+    if image.shape[:2] != ids.shape:
+        raise DataError(f"image {rec.image} is {image.shape[1]}x{image.shape[0]} but its mask "
+                        f"{rec.panoptic_png or rec.semantic_png or 'annotation'} is {ids.shape[1]}x{ids.shape[0]}; "
+                        "an image and its mask must be the same size")
+    return image, ids, segments
+
+
+def read_splits(spec: ExperimentSpec, labels: LabelMap, deep: bool = False) -> tuple[list[Record], list[Record]]:
+    """The training and validation records, validated (every file decoded with `deep`)."""
+    ds = spec.dataset
+    train = read_split(ds.train.annotations, ds.train.images, ds.train.panoptic, ds.train.format, labels,
+                       "dataset.train", deep)
+    val = (read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format, labels, "dataset.val", deep)
+           if ds.val.annotations else [])
+    return train, val
 
 
 class TrainDataset(Dataset):
@@ -52,8 +77,8 @@ class TrainDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         rec = self.records[i]
-        ids, segments = load_target(rec, self.labels)
-        image, ids, valid = train_transform(read_image(rec.image), ids, self.cfg.augmentation, rng)
+        image, ids, segments = load_pair(rec, self.labels)
+        image, ids, valid = train_transform(image, ids, self.cfg.augmentation, rng)
         task, masks, classes = build_targets(ids, segments, sample_task(self.probs, rng))
         pixels = pad_divisible(normalize(image, self.cfg.pixel_mean, self.cfg.pixel_std), self.divisor)
         h, w = pixels.shape[-2:]
@@ -83,10 +108,9 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        image = read_image(rec.image)
+        image, ids, segments = load_pair(rec, self.labels)
         h0, w0 = image.shape[:2]
         h, w = eval_size(h0, w0, self.cfg.augmentation)
-        ids, segments = load_target(rec, self.labels)
         small, small_ids = resize_pair(image, ids, h, w)
         pixels = pad_divisible(normalize(small, self.cfg.pixel_mean, self.cfg.pixel_std), self.divisor)
         item = {
@@ -130,16 +154,11 @@ def collate(items: list[dict]) -> dict:
 class SegmentationDataModule(pl.LightningDataModule):
     """Reads and validates the splits once, then serves train and validation loaders."""
 
-    def __init__(self, spec: ExperimentSpec, labels: LabelMap, text: TextTable, num_text: int) -> None:
+    def __init__(self, spec: ExperimentSpec, labels: LabelMap, text: TextTable, num_text: int,
+                 splits: tuple[list[Record], list[Record]] | None = None) -> None:
         super().__init__()
         self.spec, self.labels, self.text, self.num_text = spec, labels, text, num_text
-        ds = spec.dataset
-        self.train_records = read_split(ds.train.annotations, ds.train.images, ds.train.panoptic,
-                                        ds.train.format, self.labels, "dataset.train")
-        self.val_records = (
-            read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format, self.labels, "dataset.val")
-            if ds.val.annotations else []
-        )
+        self.train_records, self.val_records = splits if splits is not None else read_splits(spec, labels)
         self.divisor = spec.model.one_former.size_divisibility
 
     def train_dataloader(self) -> DataLoader:

@@ -12,24 +12,22 @@ import tarfile
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import fsspec
 
 from oneformer.artifacts import atomic_path
-from oneformer.errors import DataError
+from oneformer.data import cache
+from oneformer.data.cache import OBJECTS, cache_root
+from oneformer.errors import DataError, OneFormerError, StorageError
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def cache_root() -> Path:
-    """Where staged downloads and extracted archives live; ONEFORMER_CACHE overrides it."""
-    return Path(os.environ.get("ONEFORMER_CACHE", Path.home() / ".cache" / "oneformer")) / "staging"
 
 
 def is_archive(name: str) -> bool:
@@ -147,31 +145,99 @@ class Prefetch(io.RawIOBase):
         return n
 
 
-def _extract_once(key: str, label: str, open_tar: Callable[[], tarfile.TarFile]) -> Path:
-    """Extract into the cache under `key` once (member paths and links may not escape the target)."""
+REBUILD = "rebuild it from the folder that holds the images, e.g. `tar czf images.tar.gz -C <folder> .`"
+
+
+def _refused(what: str, label: str, member: str, why: str) -> DataError:
+    """The error for a member staging will not write, naming what a user needs to find and fix it."""
+    return DataError(f"{what}: cannot extract {label}: its member {member!r} {why}; staging refuses such archives "
+                     f"instead of guessing where the file belongs: {REBUILD}")
+
+
+def _member_filter(what: str, label: str) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    """tarfile's `data` filter (no `..` escapes, no links out, no devices), except that an absolute member path is
+    refused: the `data` filter would silently re-root `/etc/x.jpg` inside the target, where no reader expects it."""
+
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if member.name.startswith("/"):
+            raise _refused(what, label, member.name, "has an absolute path")
+        try:
+            return tarfile.data_filter(member, dest)
+        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+            raise _refused(what, label, member.name, f"is a link to {member.linkname!r}, outside the archive") from None
+        except tarfile.OutsideDestinationError:
+            raise _refused(what, label, member.name, "points outside the extraction folder ('..')") from None
+        except tarfile.FilterError as exc:  # a device, a FIFO, ...
+            raise _refused(what, label, member.name, f"is not a plain file, folder or link ({exc})") from None
+
+    return check
+
+
+def _empty(what: str, label: str) -> DataError:
+    """The error for an archive with nothing to stage (it would otherwise become an empty 'complete' entry)."""
+    return DataError(f"{what}: {label} is an empty archive (no files in it, at most folders); check that it was "
+                     f"uploaded whole and built from the right folder: {REBUILD}")
+
+
+def _whole(dest: Path) -> bool:
+    """A reusable extraction: marked complete and holding files (an entry an older version marked complete while
+    empty is not reused, so its archive is looked at again)."""
+    return cache.complete(dest) and cache.has_files(dest / "data")
+
+
+def _clear_leftovers(key: str) -> None:
+    """Remove what killed runs left for `key` (extraction folders, an entry without its marker); the caller holds the
+    build lock, so none of it is being written."""
+    root = cache_root()
+    for old in root.glob(f".{key}.*"):
+        log.info("staging: removing %s, an extraction that never finished", old.name)
+        shutil.rmtree(old, ignore_errors=True)
+    dest = root / key
+    if dest.exists() and not _whole(dest):
+        log.warning("staging: %s is incomplete or empty; extracting again", dest)
+        (dest / cache.MARKER).unlink(missing_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _extract_once(key: str, what: str, label: str, open_tar: Callable[[], tarfile.TarFile]) -> Path:
+    """Extract into the cache under `key` once; the entry counts only when whole (see cache's layout)."""
     dest = cache_root() / key
-    if (dest / ".complete").exists():
+    cache.use(key)  # from here until this process exits, no prune or eviction removes it
+    if _whole(dest):
         log.info("staging: reusing %s extracted at %s", label, dest)
+        cache.touch(dest)
         return unwrap(dest / "data")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root()))
-    try:
-        log.info("staging: extracting %s", label)
-        with open_tar() as tar:
-            tar.extractall(tmp / "data", filter="data")
-        (tmp / ".complete").write_text(label)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"cannot extract {label}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache.building(key):  # another process extracting the same archive finishes first; we then reuse it
+        if _whole(dest):
+            log.info("staging: reusing %s, extracted meanwhile at %s", label, dest)
+            cache.touch(dest)
+            return unwrap(dest / "data")
+        _clear_leftovers(key)
+        # A fresh hidden folder, renamed into place only after the marker is in it: a process killed at any point
+        # leaves `.<key>.<random>` without a marker, which the next run removes (SIGKILL keeps the page cache, so
+        # no fsync is needed for that; a power cut is not covered).
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root()))
+        try:
+            log.info("staging: extracting %s", label)
+            with open_tar() as tar:
+                tar.extractall(tmp / "data", filter=_member_filter(what, label))
+            if not cache.has_files(tmp / "data"):
+                raise _empty(what, label)
+            cache.write_marker(tmp, label)
+            tmp.rename(dest)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{what}: cannot extract {label}: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    cache.evict(keep=dest)
     return unwrap(dest / "data")
 
 
-def extract(archive: Path, key: str) -> Path:
+def extract(archive: Path, key: str, what: str = "data path") -> Path:
     """A local tarball extracted once into the cache."""
-    return _extract_once(key, str(archive), lambda: tarfile.open(archive))
+    if archive.stat().st_size == 0:
+        raise _empty(what, str(archive))
+    return _extract_once(key, what, str(archive), lambda: tarfile.open(archive))
 
 
 def _remote(uri: str, what: str, options: dict | None) -> tuple[fsspec.AbstractFileSystem, str, dict]:
@@ -181,12 +247,38 @@ def _remote(uri: str, what: str, options: dict | None) -> tuple[fsspec.AbstractF
         return fs, path, fs.info(path)
     except FileNotFoundError:
         raise DataError(f"{what}: {uri} does not exist (check the URI, or the bucket and prefix it names)") from None
+    except PermissionError as exc:
+        raise DataError(f"{what}: access to {uri} denied ({exc}); check the S3 credentials (AWS_* environment or "
+                        f"the s3_secret_block) and the bucket's policy") from None
+    except Exception as exc:  # botocore, aiohttp and OS errors of an unreachable endpoint alike
+        raise unreachable(what, uri, exc) from exc
+
+
+def unreachable(what: str, uri: str, exc: BaseException) -> StorageError:
+    """A storage failure as a clear, retryable error naming the key and the URI (not the client's traceback)."""
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return StorageError(f"{what}: reading {uri} failed ({type(exc).__name__}: {text}). The storage endpoint did "
+                        f"not answer or broke off after the client's retries; nothing partial was kept. Check the "
+                        f"endpoint (AWS_ENDPOINT_URL) and the network, and run again")
+
+
+@contextmanager
+def transfer(what: str, uri: str) -> Iterator[None]:
+    """Storage errors inside the block as `unreachable` errors; our own errors pass as they are."""
+    try:
+        yield
+    except OneFormerError:
+        raise
+    except Exception as exc:  # whatever the storage stack raises mid-transfer
+        raise unreachable(what, uri, exc) from exc
 
 
 def stream_extract(uri: str, what: str = "data path", options: dict | None = None) -> Path:
     """A remote tarball extracted while it downloads (no archive copy on disk), keyed by its ETag."""
     fs, path, info = _remote(uri, what, options)
     key = "x" + _fingerprint_remote(fs, path, info)
+    if not info.get("size"):
+        raise _empty(what, uri)
 
     def open_tar() -> tarfile.TarFile:
         if not (cache_root() / key / ".complete").exists():
@@ -204,24 +296,39 @@ def stream_extract(uri: str, what: str = "data path", options: dict | None = Non
         tar.close = close  # type: ignore[method-assign]
         return tar
 
-    return _extract_once(key, uri, open_tar)
+    with transfer(what, uri):
+        return _extract_once(key, what, uri, open_tar)
 
 
 def download(uri: str, what: str = "data path", options: dict | None = None) -> Path:
     """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
     fs, path, info = _remote(uri, what, options)
     key = _fingerprint_remote(fs, path, info)
-    target = cache_root() / "objects" / key / Path(path).name
-    if target.exists():
+    name, entry = f"{OBJECTS}/{key}", cache_root() / OBJECTS / key
+    target = entry / Path(path).name
+    cache.use(name)
+    if cache.complete(entry) and target.exists():
         log.info("staging: reusing %s (unchanged)", uri)
+        cache.touch(entry)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("staging: downloading %s", uri)
-    with atomic_path(target) as part:
-        if info.get("size", 0) <= 32 * 2**20:
-            part.write_bytes(fs.cat_file(path))  # one GET; get_file asks for the object's details again first
-        else:
-            fs.get_file(path, str(part))
+    with cache.building(name):
+        if target.exists():  # finished meanwhile, or left by a version without markers (atomic_path wrote it whole)
+            if not cache.complete(entry):
+                cache.write_marker(entry, uri)
+            log.info("staging: reusing %s (unchanged)", uri)
+            cache.touch(entry)
+            return target
+        for partial in entry.glob(".*.partial"):  # a download a killed run left half-written
+            partial.unlink()
+        entry.mkdir(parents=True, exist_ok=True)
+        log.info("staging: downloading %s", uri)
+        with transfer(what, uri), atomic_path(target) as part:
+            if info.get("size", 0) <= 32 * 2**20:
+                part.write_bytes(fs.cat_file(path))  # one GET; get_file asks for the object's details again first
+            else:
+                fs.get_file(path, str(part))
+        cache.write_marker(entry, uri)
+    cache.evict(keep=entry)
     return target
 
 
@@ -231,6 +338,7 @@ def stage(uri: str | os.PathLike | None, what: str = "data path", options: dict 
     if uri is None or str(uri).strip() == "":
         raise DataError(f"{what} is not set")
     text = str(uri)
+    cache.max_bytes()  # a bad ONEFORMER_CACHE_MAX_GB fails before any work, not after the download
     cache_root().mkdir(parents=True, exist_ok=True)
     if is_remote(text):
         return stream_extract(text, what, options) if is_archive(text) else download(text, what, options)
@@ -238,7 +346,7 @@ def stage(uri: str | os.PathLike | None, what: str = "data path", options: dict 
     if not local.exists():
         raise DataError(f"{what}: {local} does not exist")
     if local.is_file() and is_archive(local.name):
-        return extract(local, _digest_file(local))
+        return extract(local, _digest_file(local), what)
     return local
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,21 +59,67 @@ def save_weights(path: Path, net: torch.nn.Module, labels: LabelMap, spec: dict)
     return Path(path)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+# PyTorch's own advice on a refused file is to retry with weights_only=False, which runs whatever code the file
+# holds; we never pass that on. These are the lines of its message that say what was refused.
+_TORCH_ADVICE = ("weights_only", "trusted source", "add_safe_globals", "safe_globals", "documentation of torch.load",
+                 "pytorch.org/docs", "In PyTorch 2.6")
+
+
+def _load_failure(exc: Exception) -> str:
+    """The part of a torch.load error worth showing: what was refused, without PyTorch's advice to turn the
+    weights_only safety off."""
+    lines = [ln.strip() for ln in str(exc).replace(". ", ".\n").splitlines()]
+    kept = [ln for ln in lines if ln and not any(a in ln for a in _TORCH_ADVICE)]
+    return " ".join(kept)[:300] or type(exc).__name__
+
+
+def safe_load(path: str | Path, key: str | None = None) -> Any:
+    """torch.load with weights_only=True, always passed explicitly (so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn
+    it off): a file holding anything but tensors and plain data is refused, never executed. Errors name the key and
+    say what to do instead of repeating PyTorch's advice to load unsafely."""
+    path, where = Path(path), f"{key}: " if key else ""
+    if not path.is_file():
+        raise CheckpointError(f"{where}checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not a checkpoint of ours
+        raise CheckpointError(
+            f"{where}{path} is not a checkpoint of ours and was not loaded ({_load_failure(exc)}). Our checkpoints "
+            "hold only tensors and plain data; give one written by `oneformer train`, or re-save the weights as a "
+            "plain state dict (torch.save(model.state_dict(), path)) in a trusted environment"
+        ) from None
+
+
+def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
     """Load with weights_only=True: our checkpoints hold only tensors and plain data."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a loadable checkpoint: {exc}") from exc
+    raw = safe_load(path, key)
     meta = raw.get(META_KEY) if isinstance(raw, dict) else None
-    if meta is None:
-        raise CheckpointError(f"{path} is not a oneformer checkpoint (no '{META_KEY}' section)")
+    if meta is None or not isinstance(raw.get("state_dict"), dict):
+        raise CheckpointError(not_ours(path, key))
     state = {k.removeprefix(PREFIX): v for k, v in raw["state_dict"].items()}
     return Checkpoint(path, state, meta["hf_config"], meta["label_map"], meta.get("contiguous_id", True),
                       meta.get("spec", {}), int(raw.get("epoch", 0)), int(raw.get("global_step", 0)))
+
+
+def not_ours(path: Path, key: str | None) -> str:
+    """The one message for a file that loads but is not a oneformer checkpoint."""
+    where = f"{key}: " if key else ""
+    return (f"{where}{path} is not a oneformer checkpoint (no '{META_KEY}' section); give a checkpoint written by "
+            "`oneformer train`, e.g. <results_dir>/train/model_epoch_*.pth")
+
+
+def read_resume(path: str | Path, key: str) -> dict:
+    """A training checkpoint to resume from, loaded safely and checked to be ours with the loop state Lightning
+    restores (weights, optimizer, loops); the same errors as every other checkpoint entry point."""
+    raw = safe_load(path, key)
+    if not isinstance(raw, dict) or META_KEY not in raw or not isinstance(raw.get("state_dict"), dict):
+        raise CheckpointError(not_ours(Path(path), key))
+    missing = [k for k in ("optimizer_states", "loops", "epoch", "global_step") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{key}: {path} holds weights but no training state ({', '.join(missing)} missing), "
+                              "so training cannot resume from it; use it as train.pretrained_model instead")
+    return raw
 
 
 def read_index(train_dir: Path) -> list[dict]:

@@ -11,7 +11,7 @@ import torch
 from transformers import OneFormerForUniversalSegmentation, SwinModel
 
 from oneformer.errors import CheckpointError
-from oneformer.model.checkpoint import read_checkpoint
+from oneformer.model.checkpoint import read_checkpoint, safe_load
 from oneformer.model.network import Network
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def load_pretrained(net: Network, source: str) -> None:
     """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only)."""
     path = Path(source)
     if path.suffix in (".pth", ".ckpt") and path.is_file():
-        state = read_checkpoint(path).state_dict
+        state = read_checkpoint(path, "train.pretrained_model").state_dict
     else:
         state = hf_state(OneFormerForUniversalSegmentation, source, "train.pretrained_model")
     own = net.state_dict()
@@ -95,7 +95,7 @@ def load_backbone(net: Network, source: str) -> None:
     backbone = net.model.pixel_level_module.encoder
     path = Path(source)
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path, "train.pretrained_backbone")
         state = state.get("model", state.get("state_dict", state))
     else:
         state = hf_state(SwinModel, source, "train.pretrained_backbone")

@@ -23,7 +23,12 @@ class OnnxPredictor:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # QDQ -> QLinear/IntegerToFloat
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are its own pybind types
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{self.path} is not an ONNX model ONNX Runtime can load ({detail}); give a file "
+                                  "written by `oneformer export` or `oneformer quantize`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in meta:
             raise CheckpointError(f"{self.path} has no oneformer metadata: export it with `oneformer export`")

@@ -31,11 +31,13 @@ class EpochCheckpoint(pl.Callback):
         path = self.dir / NAME.format(epoch=epoch, step=trainer.global_step)
         trainer.save_checkpoint(path, weights_only=False)  # optimizer and loop state too, for resuming
         if trainer.is_global_zero:
-            link(self.dir / LATEST, path.name)
+            # index first, link last: a run killed in between resumes from the older link and redoes this epoch
+            # (its entry replaced by path), so the index never misses a checkpoint the link points at
             entries = [e for e in read_index(self.dir) if e["path"] != str(path)]
             entries.append({"path": str(path), "epoch": epoch, "step": trainer.global_step,
                             "metrics": _metrics(trainer)})
             write_index(self.dir, entries)
+            link(self.dir / LATEST, path.name)
 
 
 class StatusCallback(pl.Callback):

@@ -1,4 +1,5 @@
-"""The Lightning Trainer as the spec asks for it: devices, DDP, precision, clipping, intervals, resume point."""
+"""The Lightning Trainer as the spec asks for it: devices, DDP, precision, clipping, intervals, and
+checkpoint loading that is always weights_only."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from oneformer.artifacts import StatusWriter
-from oneformer.model.checkpoint import LATEST
+from oneformer.artifacts import StatusWriter, atomic_path
+from oneformer.model.checkpoint import safe_load
 from oneformer.spec import ExperimentSpec, TrainConfig
 from oneformer.training.callbacks import EpochCheckpoint, StatusCallback
 
@@ -27,16 +28,17 @@ def devices(cfg: TrainConfig) -> tuple[str, int | list[int]]:
     return "gpu", cfg.num_gpus
 
 
-def resume_path(spec: ExperimentSpec, train_dir: Path) -> str | None:
-    """train.resume_training_checkpoint_path, else <train dir>/oneformer_model_latest.pth if present."""
-    explicit = spec.train.resume_training_checkpoint_path
-    if explicit:
-        return explicit
-    latest = train_dir / LATEST
-    if latest.exists():
-        log.info("resuming from %s", latest.resolve())
-        return str(latest.resolve())
-    return None
+class SafeCheckpointIO(pl.plugins.TorchCheckpointIO):
+    """Lightning's checkpoint I/O with loading always weights_only (what `fit(ckpt_path=...)` uses to resume):
+    Lightning would otherwise leave it to PyTorch's default, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:  # noqa: ANN001 - Lightning's API
+        return safe_load(path, "train.resume_training_checkpoint_path")
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:  # noqa: ANN001 - Lightning's API
+        """Written to a hidden sibling and renamed: a process killed mid-write leaves no half checkpoint."""
+        with atomic_path(Path(path)) as part:
+            super().save_checkpoint(checkpoint, part, storage_options)
 
 
 def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Callback] | None = None,
@@ -62,6 +64,7 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.clip_grad_norm or None,
         gradient_clip_algorithm="value" if cfg.clip_grad_type == "value" else "norm",
+        plugins=[SafeCheckpointIO()],
         callbacks=[EpochCheckpoint(train_dir, cfg.checkpoint_interval), StatusCallback(status),
                    pl.callbacks.TQDMProgressBar(refresh_rate=10), *(callbacks or [])],
         logger=logger,

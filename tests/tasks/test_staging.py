@@ -171,3 +171,16 @@ def test_aws_credentials_block_stages_and_its_keys_are_never_logged(prefect_api,
         s3_options("aws-credentials/nothing")
     with pytest.raises(ValueError, match=r"name an AwsCredentials block as aws-credentials/<name>"):
         s3_options("gcp-credentials/x")
+
+
+def test_empty_archive_fails_at_once_naming_key_and_uri(prefect_api, s3, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
+        pass
+    s3.upload_file(str(tmp_path / "empty.tar.gz"), "data", "d/calibration/images.tar.gz")
+    out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"))
+    assert out["runs"] == 1  # a user mistake is not retried
+    assert out["error"].startswith("dataset.quant_calibration_dataset.images_dir: "
+                                   "s3://data/d/calibration/images.tar.gz is an empty archive")
+    assert not list((tmp_path / "cache").rglob(".complete"))  # nothing marked complete, so the next run looks again

@@ -91,3 +91,44 @@ def test_image_folder_one_level_too_high_is_resolved(small_synth: Path, tmp_path
     recs = read_split(str(train / "annotations.json"), str(tmp_path / "high"), str(tmp_path / "pan"), "auto",
                       labels(small_synth.parent), "dataset.train")
     assert recs[0].image.parent == tmp_path / "high" / "images"
+
+
+def test_coco_instance_image_of_another_size_than_annotated(small_synth: Path, tmp_path: Path) -> None:
+    root = small_synth.parent
+    data = json.loads((root / "train/instances.json").read_text())
+    data["images"][0]["height"] = 80
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"train_00000.jpg in .*images.tar.gz is 64x64 but .*instances.json\) gives it "
+                                        r"64x80"):
+        read_split(str(tmp_path / "instances.json"), str(root / "train/images.tar.gz"), None, "auto", labels(root),
+                   "dataset.train")
+
+
+def test_semantic_mask_of_another_size_is_named(small_synth: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    train = _copy_train(small_synth.parent, tmp_path)
+    Image.new("L", (32, 32)).save(train / "semantic" / "train_00001.png")
+    with pytest.raises(DataError, match=r"is 64x64 but its semantic mask .*train_00001.png is 32x32"):
+        read_split(str(train / "semantic.jsonl"), str(train / "images.tar.gz"), None, "auto",
+                   labels(small_synth.parent), "dataset.train")
+
+
+def test_deep_decoding_finds_a_truncated_file_inside_the_archive(small_synth: Path, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    root = small_synth.parent
+    with tarfile.open(root / "train/images.tar.gz") as src, tarfile.open(tmp_path / "images.tar.gz", "w:gz") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith("train_00005.jpg"):
+                data = data[: len(data) // 2]
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    args = (str(root / "train/annotations.json"), str(tmp_path / "images.tar.gz"),
+            str(root / "train/images_panoptic.tar.gz"), "auto", labels(root), "dataset.train")
+    assert len(read_split(*args)) == 6  # the header is intact
+    with pytest.raises(DataError, match=r"dataset.train.images: images/train_00005.jpg in .*images.tar.gz cannot be "
+                                        "decoded"):
+        read_split(*args, deep=True)
