@@ -7,7 +7,6 @@ import json
 import threading
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,8 +67,8 @@ def shown(url: str) -> str:
 
 
 def sampler(spec: ExperimentSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """automl.sampler, seeded from train.seed plus `offset` (see open_study): repeatable, yet neither a resumed study
-    nor a new study of the same spec replays proposals already tried."""
+    """automl.sampler, seeded from train.seed plus the trials the study holds: repeatable, yet a resumed study does
+    not replay its proposals, nor a warm-started study its first trial (see run_study)."""
     seed = spec.train.seed + offset
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
@@ -115,9 +114,7 @@ def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStor
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(spec),
                                     pruner=pruner(spec), load_if_exists=True)
         optuna.storages.fail_stale_trials(study)
-    # the study's own stream (a new study's first proposal is not the old study's, whose best it warm-starts from),
-    # moved on by the trials it holds (a resumed study does not replay its proposals)
-    study.sampler = sampler(spec, zlib.crc32(name.encode()) % 1_000_003 + len(study.trials))
+    study.sampler = sampler(spec, len(study.trials))  # moved on by the trials it holds: a resume does not replay
     return study
 
 
@@ -277,6 +274,9 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
     if champion and not study.trials and (kept := warm_start(study, space, champion[1], champion[0])):
         logger.info("new study %r: first trial warm-starts from %s (%s)", study.study_name, champion[0],
                     trial_label(kept))
+        # seeded past the enqueued trial: the stream a new study starts with is the one that proposed the
+        # champion's parameters in its own study, so its first draw would repeat the warm start
+        study.sampler = sampler(spec, len(study.trials))
     if retried := retry_interrupted(study, storage, run_key):
         logger.info("trials %s were interrupted (their process died): retrying them from their own latest "
                     "checkpoints", ", ".join(map(str, retried)))
