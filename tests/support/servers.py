@@ -86,3 +86,35 @@ def postgres(bindir: Path, password: str | None = None, databases: tuple[str, ..
         if (data / "postmaster.pid").exists():
             run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def mlflow_command(args: list[str], health: str, log: Path) -> Iterator[str]:
+    """`mlflow <args> --host 127.0.0.1 --port <free>` (a tracking server or `models serve`), up once `health`
+    answers; yields its URL and stops it. MLflow execs `uvicorn` from PATH: the venv's bin goes first, as an
+    activated venv has it."""
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    with log.open("w") as out:
+        server = subprocess.Popen([str(mlflow_bin), *args, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}{health}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log.read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

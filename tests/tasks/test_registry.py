@@ -158,46 +158,23 @@ def test_a_registered_version_predicts_on_images(registered: str, small_synth: P
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_synth: Path, tmp_path: Path) -> None:
     import base64
-    import os
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
-    from servers import free_port
+    from servers import mlflow_command
 
     from oneformer.data.readers import read_image
 
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", registered, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              # MLflow execs `uvicorn` from PATH: the venv's bin, as an activated venv has it
-                              env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"},
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
+    with mlflow_command(["models", "serve", "-m", registered, "--env-manager", "local"], "/ping",
+                        tmp_path / "serve.log") as url:
         path = image_files(small_synth.parent)[0]
         encoded = base64.b64encode(path.read_bytes()).decode()
         answers = []
         for body in ({"inputs": [encoded], "params": {"precision": "int8"}},
                      {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=60) as response:
                 answers.append(json.loads(response.read())["predictions"])
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
     h, w = read_image(path).shape[:2]
     for (prediction,), model in zip(answers, ("onnx-int8", "onnx-fp32")):
         assert prediction["model"] == model and np.asarray(prediction["label_map"]).shape == (h, w)
@@ -207,42 +184,16 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
 @pytest.fixture
 def server_store(tmp_path: Path, random_models: dict) -> Iterator[dict]:
     """An `mlflow server` over HTTP on 127.0.0.1 (SQLite behind it), with a run and the files to register."""
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from servers import mlflow_command
 
-    from servers import free_port
-
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--artifacts-destination", (tmp_path / "served").as_uri(), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"},
-                              start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
+    with mlflow_command(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                         (tmp_path / "served").as_uri(), "--workers", "1"], "/health", tmp_path / "server.log") as uri:
         c = tracking.client(uri)
         exp = tracking.experiment_id(c, "registry-test", None)
         for kind in ("onnx", "int8", "checkpoint"):
             shutil.copy(random_models[kind], tmp_path / random_models[kind].name)
         yield {"uri": uri, "exp": exp, "run": tracking.start_run(c, exp, "pipeline"), "dir": tmp_path,
                "checkpoint": tmp_path / random_models["checkpoint"].name}
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow
