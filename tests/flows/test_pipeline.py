@@ -12,6 +12,7 @@ import mlflow.pyfunc
 import pytest
 import torch
 import yaml
+from logs import LogLines
 from mlflow.tracking import MlflowClient
 from servers import s3_env
 
@@ -60,7 +61,7 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
     results = tmp_path_factory.mktemp("pipeline") / "results"
     overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 3, "export.input_height": 64,
                  "export.input_width": 64, "quantize.num_calibration_images": 2, "automl.sampler": "random"}
-    handler = _Capture()
+    handler = LogLines()
     logging.getLogger().addHandler(handler)
     before = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
               "environment": dict(os.environ), "matmul": torch.get_float32_matmul_precision()}
@@ -73,17 +74,6 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
              "environment": dict(os.environ), "matmul": torch.get_float32_matmul_precision()}
     return {**result, "results": results, "overrides": overrides, "log": "\n".join(handler.lines),
             "process_state": (before, after)}
-
-
-class _Capture(logging.Handler):
-    """Every log line of a run, to prove no secret reaches the logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> None:

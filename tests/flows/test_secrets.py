@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from logs import LogLines
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from servers import postgres, postgres_bin, s3_env
@@ -94,18 +95,6 @@ def test_the_command_line_refuses_before_prefect_sees_the_parameters() -> None:
 
 
 # ----------------------------------------------------------------------------- the pipeline, then every byte
-class _Lines(logging.Handler):
-    """Every log record's full text, traceback included."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 def leaks(data: bytes, where: str, secrets: tuple[str, ...] = SECRETS) -> list[str]:
     """`where: secret` for each secret in the bytes, in the members of a zip and in gzip's content."""
     found = [f"{where}: {s}" for s in secrets if s.encode() in data]
@@ -196,7 +185,7 @@ def run(small_synth: Path, moto_endpoint: str, tmp_path_factory: pytest.TempPath
                      "export.input_width": 64, "quantize.num_calibration_images": 2, "automl.sampler": "random",
                      "quantize.max_miou_drop": 1.0}
         sources = DataSources(**{n: f"s3://secrets/bucket/{n}" for n in ("train", "eval", "inference", "calibration")})
-        lines = _Lines()
+        lines = LogLines()
         logging.getLogger().addHandler(lines)
         started = time.monotonic()
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from logs import LogLines
 from prefect import flow
 from prefect.client.orchestration import get_client
 from servers import free_port, moto, s3_env
@@ -133,18 +134,6 @@ def test_secret_block_settings_stage_without_touching_the_environment(prefect_ap
         s3_options("s3-bad")
 
 
-class _Lines(logging.Handler):
-    """Every log record's full text (message and traceback), to prove no secret reaches the logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 def test_aws_credentials_block_stages_and_its_keys_are_never_logged(prefect_api, s3,  # noqa: ANN001
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path: Path) -> None:
@@ -154,7 +143,7 @@ def test_aws_credentials_block_stages_and_its_keys_are_never_logged(prefect_api,
     key_id, secret = "AKIASTAGINGKEY4F2E", "staging-secret-8d7c6b5a"
     AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1",
                    aws_client_parameters=AwsClientParameters(endpoint_url=endpoint)).save("s3-creds", overwrite=True)
-    lines = _Lines()
+    lines = LogLines()
     logging.getLogger().addHandler(lines)
     try:
         out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"), "aws-credentials/s3-creds")
