@@ -67,12 +67,39 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def unwritable(path: Path, key: str) -> str | None:
+    """Why the folder `path` cannot be created or written (None when it can), without creating anything."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{key}: {path} cannot be created: {probe} is a file, not a folder; choose another {key}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return (f"{key}: {path} cannot be created or written: {probe} is not writable by this user; choose another "
+                f"{key} or fix the folder's permissions")
+    return None
+
+
 def output_path(value: str | None, default: Path, overwrite: bool, key: str, flag: str) -> Path:
-    """The file an action will write; an existing one is an error unless the overwrite flag is set."""
+    """The file an action will write, checked before any work: not a folder, its folder writable, and an existing
+    file an error unless the overwrite flag is set."""
     path = Path(value) if value else Path(default)
+    if path.is_dir():
+        raise ConversionError(f"{key}: {path} is a folder; name the file to write (e.g. {path / default.name}) or "
+                              f"leave {key} unset for {default}")
     if path.exists() and not overwrite:
         raise ConversionError(f"{key}: {path} already exists; set {flag}=true to replace it, or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    problem = unwritable(path.parent, key)
+    try:
+        if problem is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.probe")
+            probe.touch()  # os.access says yes on some file systems that refuse writes (/proc, read-only mounts)
+            probe.unlink()
+    except OSError as exc:
+        problem = f"{key}: {path} cannot be written ({exc.strerror or exc}); choose another path"
+    if problem:
+        raise ConversionError(problem)
     return path
 
 

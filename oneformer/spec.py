@@ -191,7 +191,8 @@ class SemSegHead(Section):
 class TextEncoder(Section):
     """The text encoder that embeds task and class text."""
 
-    width: int = Field(256, ge=64, description="Must be >= 64 (heads = width // 64)")
+    width: int = Field(256, ge=64, description="Must be >= 64 (heads = width // 64) and equal "
+                                               "model.one_former.hidden_dim")
     context_length: int = Field(77, gt=0)
     num_layers: int = Field(6, gt=0)
     vocab_size: int = Field(49408, gt=0)
@@ -232,6 +233,12 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.one_former.num_object_queries ({self.one_former.num_object_queries}) must exceed "
                 f"model.text_encoder.n_ctx ({self.text_encoder.n_ctx}): the text list holds queries - n_ctx"
+            )
+        if self.one_former.hidden_dim != self.text_encoder.width:
+            raise ValueError(
+                f"model.one_former.hidden_dim ({self.one_former.hidden_dim}) must equal model.text_encoder.width "
+                f"({self.text_encoder.width}): the text queries are joined with the learned context along that "
+                "dimension; change both together"
             )
         return self
 

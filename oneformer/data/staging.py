@@ -53,7 +53,25 @@ def storage_options(uri: str, given: dict | None = None) -> dict:
         client["region_name"] = os.environ["AWS_DEFAULT_REGION"]
     given = dict(given or {})
     client.update(given.pop("client_kwargs", {}))
-    return {"default_block_size": 32 * 2**20, **given, "client_kwargs": client}
+    # a server that accepts the connection and then says nothing would otherwise hold a run for botocore's default
+    # 60 s per attempt, times every retry; a stalled read now fails (and is retried) after this many seconds
+    config = {"connect_timeout": _seconds("ONEFORMER_S3_CONNECT_TIMEOUT", 10.0),
+              "read_timeout": _seconds("ONEFORMER_S3_READ_TIMEOUT", 30.0), **given.pop("config_kwargs", {})}
+    return {"default_block_size": 32 * 2**20, **given, "client_kwargs": client, "config_kwargs": config}
+
+
+def _seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable `name`; anything else is a clear error."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise DataError(f"environment variable {name}={text!r} must be a positive number of seconds")
+    return value
 
 
 def _digest_file(path: Path) -> str:
@@ -254,9 +272,18 @@ def _remote(uri: str, what: str, options: dict | None) -> tuple[fsspec.AbstractF
         raise unreachable(what, uri, exc) from exc
 
 
-def unreachable(what: str, uri: str, exc: BaseException) -> StorageError:
-    """A storage failure as a clear, retryable error naming the key and the URI (not the client's traceback)."""
+CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                     "ExpiredToken", "InvalidToken")
+
+
+def unreachable(what: str, uri: str, exc: BaseException) -> OneFormerError:
+    """A storage failure as a clear error naming the key and the URI (not the client's traceback): retryable
+    (StorageError) when the endpoint failed, final (DataError) when the credentials are missing or refused."""
     text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if any(name in f"{type(exc).__name__} {text}" for name in CREDENTIAL_ERRORS):
+        return DataError(f"{what}: reading {uri} failed: no valid S3 credentials ({type(exc).__name__}: {text}). "
+                         "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment, or "
+                         "name a Prefect AwsCredentials block as s3_secret_block")
     return StorageError(f"{what}: reading {uri} failed ({type(exc).__name__}: {text}). The storage endpoint did "
                         f"not answer or broke off after the client's retries; nothing partial was kept. Check the "
                         f"endpoint (AWS_ENDPOINT_URL) and the network, and run again")

@@ -6,17 +6,17 @@ so a check that passes means training starts, and bad data fails in seconds inst
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oneformer.artifacts import unwritable
 from oneformer.data.datasets import read_labels, read_split
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Record
-from oneformer.errors import DataError, OneFormerError, SpecError
-from oneformer.model.checkpoint import LATEST, read_checkpoint, read_index, read_resume, safe_load
-from oneformer.spec import ExperimentSpec
+from oneformer.errors import CheckpointError, DataError, OneFormerError, SpecError
+from oneformer.model.checkpoint import LATEST, META_KEY, PREFIX, read_checkpoint, read_index, read_resume, safe_load
+from oneformer.spec import ExperimentSpec, flatten
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,6 @@ def results_key(spec: ExperimentSpec, action: str) -> str:
     """The spec key that decides an action's results folder."""
     own = getattr(getattr(spec, action, None), "results_dir", None)
     return f"{action}.results_dir" if own else "results_dir"
-
-
-def unwritable(path: Path, key: str) -> str | None:
-    """Why the folder `path` cannot be created or written (None when it can), without creating anything."""
-    probe = Path(path).expanduser().absolute()
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{key}: {path} cannot be created: {probe} is a file, not a folder; choose another {key}"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return (f"{key}: {path} cannot be created or written: {probe} is not writable by this user; choose another "
-                f"{key} or fix the folder's permissions")
-    return None
 
 
 def make_results_dir(spec: ExperimentSpec, action: str) -> Path:
@@ -108,7 +95,8 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
             out.val = attempt(lambda: read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format,
                                                  out.labels, "dataset.val", deep)) or []
     resume, key = resume_point(spec, train_dir)
-    if resume is not None and attempt(lambda: read_resume(resume, key)) is not None:
+    raw = attempt(lambda: read_resume(resume, key)) if resume is not None else None
+    if raw is not None and (out.labels is None or attempt(lambda: same_network(raw, spec, out.labels, resume, key))):
         out.resume = resume
     if weights:
         if spec.train.pretrained_model and Path(spec.train.pretrained_model).suffix in (".pth", ".ckpt"):
@@ -118,6 +106,34 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
     log.info("training inputs validated in %.1f s (%s): %d problem(s)", time.perf_counter() - start,
              "every file decoded" if deep else "file headers", len(out.problems))
     return out
+
+
+def same_network(raw: dict, spec: ExperimentSpec, labels: LabelMap, path: Path, key: str) -> bool:
+    """True when the checkpoint's weights have the shapes the spec's model has; otherwise an error naming the
+    model keys that changed since it was written (resuming would fail mid-setup with a tensor-size traceback)."""
+    import torch
+
+    from oneformer.model.network import build_network, hf_config
+
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        wanted = {PREFIX + k: tuple(v.shape) for k, v in build_network(hf_config(spec.model, labels.names))
+                  .state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in raw["state_dict"].items() if hasattr(v, "shape")}
+    differ = sorted(k for k in wanted.keys() & have.keys() if wanted[k] != have[k])
+    differ += sorted(wanted.keys() ^ have.keys())
+    if not differ:
+        return True
+    saved = flatten({"model": (raw.get(META_KEY, {}).get("spec") or {}).get("model", {})})
+    now = flatten({"model": spec.model.model_dump(mode="json")})
+    changed = [f"{k} (checkpoint {saved[k]!r}, spec {now[k]!r})" for k in sorted(saved.keys() & now.keys())
+               if saved[k] != now[k]]
+    first = differ[0]
+    shapes = f"checkpoint {list(have.get(first, ()))}, spec {list(wanted.get(first, ()))}"
+    raise CheckpointError(
+        f"{key}: {path} was written by another network than the spec describes ({len(differ)} weights differ, e.g. "
+        f"{first}: {shapes}); " + (f"changed model keys: {', '.join(changed[:8])}. " if changed else "")
+        + "Resume with the model keys the checkpoint was trained with, or train the new model in a new results_dir "
+        "(or pass it the old one as train.pretrained_model)")
 
 
 def message(problem: OneFormerError) -> str:

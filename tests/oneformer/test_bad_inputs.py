@@ -196,6 +196,40 @@ def _drop_segments(data: dict) -> None:
     del data["annotations"][2]["segments_info"]
 
 
+def _export_into_folder(c: Ctx) -> list[str]:
+    (c.tmp / "onnx").mkdir()
+    return [f"export.checkpoint={_random_weights(c)}", f"export.onnx_file={c.tmp / 'onnx'}", "export.overwrite=true"]
+
+
+def _export_unwritable(c: Ctx) -> list[str]:
+    return [f"export.checkpoint={_random_weights(c)}", "export.onnx_file=/proc/oneformer/model.onnx"]
+
+
+def _quantize_unwritable(c: Ctx) -> list[str]:
+    return [f"quantize.model_path={_random_weights(c)}", "quantize.onnx_file=/proc/model.int8.onnx"]
+
+
+def _random_weights(c: Ctx) -> Path:
+    """The smoke network with random weights on this dataset, as a checkpoint of ours."""
+    from oneformer.data.datasets import read_labels
+    from oneformer.model.checkpoint import save_weights
+    from oneformer.model.network import build_network, hf_config
+    from oneformer.spec import load_spec
+
+    spec = load_spec(c.spec)
+    return save_weights(c.tmp / "random.pth", build_network(hf_config(spec.model, read_labels(spec).names)),
+                        read_labels(spec), spec.model_dump(mode="json"))
+
+
+def _resume_other_network(c: Ctx) -> list[str]:
+    """A resumable checkpoint of the spec's network, resumed with model.one_former.hidden_dim changed."""
+    raw = torch.load(_random_weights(c), weights_only=True)
+    raw.update(optimizer_states=[], loops={}, lr_schedulers=[])
+    torch.save(raw, c.tmp / "resume.pth")
+    return [f"train.resume_training_checkpoint_path={c.tmp / 'resume.pth'}", "model.one_former.hidden_dim=128",
+            "model.text_encoder.width=128"]
+
+
 IMAGES = "{tmp}/train/images.tar.gz"
 CASES = [
     Case("empty-spec", ("train", "check"), lambda c: _spec_file(c, ""), ("{tmp}/spec.yaml", "the file is empty")),
@@ -247,6 +281,17 @@ CASES = [
     Case("evaluate-hostile-pickle", ("evaluate",), _hostile_evaluate,
          ("{tmp}/hostile.pth is not a checkpoint of ours",), validation=False,
          env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
+    Case("hidden-dim-without-text-width", ("check", "train", "export"), lambda c: ["model.one_former.hidden_dim=128"],
+         ("model.one_former.hidden_dim (128) must equal model.text_encoder.width (64)", "change both together")),
+    Case("resume-another-network", ("check", "train"), _resume_other_network,
+         ("train.resume_training_checkpoint_path: {tmp}/resume.pth was written by another network",
+          "model.one_former.hidden_dim (checkpoint 64, spec 128)", "in a new results_dir")),
+    Case("export-file-is-a-folder", ("export",), _export_into_folder,
+         ("export.onnx_file: {tmp}/onnx is a folder; name the file to write",), validation=False),
+    Case("export-file-unwritable", ("export",), _export_unwritable,
+         ("export.onnx_file: /proc/oneformer/model.onnx cannot be",), validation=False),
+    Case("quantize-file-unwritable", ("quantize",), _quantize_unwritable,
+         ("quantize.onnx_file: /proc/model.int8.onnx cannot be",), validation=False),
     Case("onnx-model-is-text", ("inference",), _text_onnx,
          ("{tmp}/model.onnx is not an ONNX model ONNX Runtime can load",), validation=False),
 ]

@@ -83,3 +83,49 @@ def test_one_cut_body_is_retried(bucket_object: dict, monkeypatch: pytest.Monkey
         folder = staged_through(Schedule([]), bucket_object["uri"], monkeypatch)
     assert whole(folder, bucket_object["files"])
     assert ("truncate" in [f for _, f in schedule.seen])
+
+
+def test_a_stalled_read_times_out_and_is_retried(bucket_object: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts and then says nothing for 20 s costs one read timeout (2 s here), not the stall."""
+    monkeypatch.setenv("ONEFORMER_S3_READ_TIMEOUT", "2")
+    schedule = Schedule(["stall"], path_contains="images.tar.gz", stall_s=20)
+    t0 = time.monotonic()
+    folder = staged_through(schedule, bucket_object["uri"], monkeypatch)
+    assert time.monotonic() - t0 < 15
+    assert whole(folder, bucket_object["files"])
+    assert "stall" in [f for _, f in schedule.seen]
+
+
+def test_a_server_that_always_stalls_fails_clearly_in_bounded_time(bucket_object: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_S3_READ_TIMEOUT", "1")
+    schedule = Schedule([], path_contains="images.tar.gz", rest="stall", stall_s=30)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"dataset.train.images: reading s3://data/faults/images.tar.gz failed "
+                                           r"\(.*[Tt]imeout.*\)\. The storage endpoint did not answer"):
+        staged_through(schedule, bucket_object["uri"], monkeypatch)
+    assert time.monotonic() - t0 < 120  # every attempt (s3fs and botocore retries) ends at the read timeout; without
+    # it each would wait out the 30 s stall: several minutes
+    assert not [p for p in bucket_object["cache"].glob("*/.complete")]  # nothing counted as staged
+
+
+def test_a_bad_timeout_setting_is_a_clear_error(bucket_object: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oneformer.errors import DataError
+
+    monkeypatch.setenv("ONEFORMER_S3_READ_TIMEOUT", "soon")
+    with pytest.raises(DataError, match="ONEFORMER_S3_READ_TIMEOUT='soon' must be a positive number of seconds"):
+        stage(bucket_object["uri"], "dataset.train.images")
+
+
+def test_missing_credentials_are_named_and_not_retried(bucket_object: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oneformer.errors import DataError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(bucket_object["cache"] / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(bucket_object["cache"] / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(DataError, match=r"dataset.train.images: reading s3://data/faults/images.tar.gz failed: no "
+                                        r"valid S3 credentials .* AwsCredentials block") as err:
+        stage(bucket_object["uri"], "dataset.train.images")
+    assert not isinstance(err.value, StorageError)
