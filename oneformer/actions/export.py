@@ -16,7 +16,7 @@ from transformers.models.oneformer import modeling_oneformer
 
 from oneformer.artifacts import StatusWriter, atomic_path, output_path, sha256, write_json
 from oneformer.errors import ConversionError, SpecError
-from oneformer.model.checkpoint import resolve
+from oneformer.model.checkpoint import read_checkpoint, resolve
 from oneformer.parity import compare, sample_images
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.postprocess import semantic_scores
@@ -192,6 +192,8 @@ def export(spec: ExperimentSpec) -> dict:
     cfg = spec.export
     out_dir = spec.action_dir("export")
     checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint")
+    trained = read_checkpoint(checkpoint, "export.checkpoint").spec.get("model", {}).get("one_former", {})
+    check_size(spec, trained.get("size_divisibility") or 32)  # before anything is written
     out = output_path(cfg.onnx_file, out_dir / "model.onnx", cfg.overwrite, "export.onnx_file", "export.overwrite")
     status = StatusWriter(out_dir)
     status.write("STARTED", f"Export of {checkpoint}")

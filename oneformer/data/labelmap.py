@@ -81,7 +81,7 @@ class LabelMap:
             if cid <= 0:
                 raise DataError(f"{source}: category id {cid} ({item['name']!r}) must be > 0, as TAO requires")
             if cid in seen:
-                raise DataError(f"{source}: category id {cid} appears twice")
+                raise DataError(f"{source}: category id {cid} appears twice; give each category its own id")
             seen.add(cid)
             color = item.get("color") or _auto_color(cid)
             cats.append(Category(cid, str(item["name"]), bool(item.get("isthing", True)), tuple(color)[:3]))
@@ -96,10 +96,11 @@ class LabelMap:
         try:
             items = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
-            raise DataError(f"label map {p} is not valid JSON: {exc}") from exc
+            raise DataError(f"dataset.label_map: {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                            f"{exc.msg}); fix the file or point dataset.label_map at TAO's label_map.json") from None
         if isinstance(items, dict) and "categories" in items:
             items = items["categories"]
-        return cls.from_list(items, contiguous, str(p))
+        return cls.from_list(items, contiguous, f"dataset.label_map: {p}")
 
     def check_fits(self, num_classes: int, source: str) -> None:
         """Every class index must be < model.sem_seg_head.num_classes."""

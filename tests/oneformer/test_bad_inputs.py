@@ -230,6 +230,16 @@ def _resume_other_network(c: Ctx) -> list[str]:
             "model.text_encoder.width=128"]
 
 
+def _label_map(c: Ctx, text: str) -> list[str]:
+    (c.tmp / "label_map.json").write_text(text)
+    return [f"dataset.label_map={c.tmp / 'label_map.json'}"]
+
+
+def _empty_folder(c: Ctx) -> list[str]:
+    (c.tmp / "no-images").mkdir()
+    return [f"inference.checkpoint={_random_weights(c)}", f"inference.images_dir={c.tmp / 'no-images'}"]
+
+
 IMAGES = "{tmp}/train/images.tar.gz"
 CASES = [
     Case("empty-spec", ("train", "check"), lambda c: _spec_file(c, ""), ("{tmp}/spec.yaml", "the file is empty")),
@@ -292,6 +302,32 @@ CASES = [
          ("export.onnx_file: /proc/oneformer/model.onnx cannot be",), validation=False),
     Case("quantize-file-unwritable", ("quantize",), _quantize_unwritable,
          ("quantize.onnx_file: /proc/model.int8.onnx cannot be",), validation=False),
+    Case("label-map-not-json", ("check", "train"), lambda c: _label_map(c, "{bad"),
+         ("dataset.label_map: {tmp}/label_map.json is not valid JSON (line 1, column 2",)),
+    Case("label-map-duplicate-id", ("check", "train"),
+         lambda c: _label_map(c, '[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]'),
+         ("dataset.label_map: {tmp}/label_map.json: category id 1 appears twice",)),
+    Case("label-map-id-zero", ("check", "train"), lambda c: _label_map(c, '[{"id": 0, "name": "a"}]'),
+         ("dataset.label_map: {tmp}/label_map.json: category id 0 ('a') must be > 0",)),
+    Case("label-map-missing", ("check", "train"), lambda c: [f"dataset.label_map={c.tmp / 'nowhere.json'}"],
+         ("dataset.label_map", "{tmp}/nowhere.json does not exist")),
+    Case("unknown-key", ("check", "train"), lambda c: ["train.num_epoch=3"],
+         ("train.num_epoch: unknown key; did you mean train.num_epochs?",)),
+    Case("value-out-of-range", ("check", "train"), lambda c: ["train.num_epochs=-1"],
+         ("train.num_epochs: Input should be greater than 0 (got -1)",)),
+    Case("unknown-sampler", ("train",), lambda c: ["automl.sampler=bogus"],
+         ("automl.sampler: Input should be 'tpe', 'random', 'gp' or 'cmaes' (got 'bogus')",)),
+    Case("inference-images-dir-unset", ("inference",),
+         lambda c: [f"inference.checkpoint={_random_weights(c)}", "inference.images_dir="],
+         ("inference.images_dir is not set: inference reads images from it (not dataset.test.images)",),
+         validation=False),
+    Case("inference-images-dir-empty", ("inference",), _empty_folder,
+         ("inference.images_dir: no images", "found in {tmp}/no-images"), validation=False),
+    Case("export-shape-too-small", ("export",),
+         lambda c: [f"export.checkpoint={_random_weights(c)}", "export.input_height=16", "export.input_width=16"],
+         ("export.input_height=16 is not a multiple of 32 (model.one_former.size_divisibility)",)),
+    Case("evaluate-checkpoint-missing", ("evaluate",), lambda c: [f"evaluate.checkpoint={c.tmp / 'nope.pth'}"],
+         ("evaluate.checkpoint: checkpoint {tmp}/nope.pth does not exist",), validation=False),
     Case("onnx-model-is-text", ("inference",), _text_onnx,
          ("{tmp}/model.onnx is not an ONNX model ONNX Runtime can load",), validation=False),
 ]
