@@ -125,7 +125,14 @@ def test_missing_credentials_are_named_and_not_retried(bucket_object: dict, monk
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(bucket_object["cache"] / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(bucket_object["cache"] / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(DataError, match=r"dataset.train.images: reading s3://data/faults/images.tar.gz failed: no "
-                                        r"valid S3 credentials .* AwsCredentials block") as err:
-        stage(bucket_object["uri"], "dataset.train.images")
-    assert not isinstance(err.value, StorageError)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses a filesystem (and its credentials) per option set;
+    # an earlier test's instance for this endpoint would otherwise still hold the session's keys
+    try:
+        with pytest.raises(DataError, match=r"dataset.train.images: reading s3://data/faults/images.tar.gz failed: "
+                                            r"no valid S3 credentials .* AwsCredentials block") as err:
+            stage(bucket_object["uri"], "dataset.train.images")
+        assert not isinstance(err.value, StorageError)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # later tests get an instance with the session's keys again
