@@ -192,8 +192,9 @@ def export(spec: ExperimentSpec) -> dict:
     cfg = spec.export
     out_dir = spec.action_dir("export")
     checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint")
-    trained = read_checkpoint(checkpoint, "export.checkpoint").spec.get("model", {}).get("one_former", {})
-    check_size(spec, trained.get("size_divisibility") or 32)  # before anything is written
+    # the size check before anything is written; mapped, so the weights are read once, by the export itself
+    trained = read_checkpoint(checkpoint, "export.checkpoint", mmap=True).spec.get("model", {}).get("one_former", {})
+    check_size(spec, trained.get("size_divisibility") or 32)
     out = output_path(cfg.onnx_file, out_dir / "model.onnx", cfg.overwrite, "export.onnx_file", "export.overwrite")
     status = StatusWriter(out_dir)
     status.write("STARTED", f"Export of {checkpoint}")

@@ -73,14 +73,20 @@ def _load_failure(exc: Exception) -> str:
     return " ".join(kept)[:300] or type(exc).__name__
 
 
-def safe_load(path: str | Path, key: str | None = None) -> Any:
+def safe_load(path: str | Path, key: str | None = None, mmap: bool = False) -> Any:
     """torch.load with weights_only=True, always passed explicitly (so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn
     it off): a file holding anything but tensors and plain data is refused, never executed. Errors name the key and
-    say what to do instead of repeating PyTorch's advice to load unsafely."""
+    say what to do instead of repeating PyTorch's advice to load unsafely. `mmap` maps the tensors instead of reading
+    them, for a look at the metadata that costs no read of the weights."""
     path, where = Path(path), f"{key}: " if key else ""
     if not path.is_file():
         raise CheckpointError(f"{where}checkpoint {path} does not exist")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped: read it, and report that
+                pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not a checkpoint of ours
         raise CheckpointError(
@@ -90,10 +96,10 @@ def safe_load(path: str | Path, key: str | None = None) -> Any:
         ) from None
 
 
-def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
-    """Load with weights_only=True: our checkpoints hold only tensors and plain data."""
+def read_checkpoint(path: str | Path, key: str | None = None, mmap: bool = False) -> Checkpoint:
+    """Load with weights_only=True: our checkpoints hold only tensors and plain data (`mmap`: see safe_load)."""
     path = Path(path)
-    raw = safe_load(path, key)
+    raw = safe_load(path, key, mmap)
     meta = raw.get(META_KEY) if isinstance(raw, dict) else None
     if meta is None or not isinstance(raw.get("state_dict"), dict):
         raise CheckpointError(not_ours(path, key))
@@ -111,8 +117,9 @@ def not_ours(path: Path, key: str | None) -> str:
 
 def read_resume(path: str | Path, key: str) -> dict:
     """A training checkpoint to resume from, loaded safely and checked to be ours with the loop state Lightning
-    restores (weights, optimizer, loops); the same errors as every other checkpoint entry point."""
-    raw = safe_load(path, key)
+    restores (weights, optimizer, loops); the same errors as every other checkpoint entry point. Mapped, not read:
+    this is validation, and Lightning reads the weights when it resumes."""
+    raw = safe_load(path, key, mmap=True)
     if not isinstance(raw, dict) or META_KEY not in raw or not isinstance(raw.get("state_dict"), dict):
         raise CheckpointError(not_ours(Path(path), key))
     missing = [k for k in ("optimizer_states", "loops", "epoch", "global_step") if k not in raw]

@@ -100,9 +100,9 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
         out.resume = resume
     if weights:
         if spec.train.pretrained_model and Path(spec.train.pretrained_model).suffix in (".pth", ".ckpt"):
-            attempt(lambda: read_checkpoint(spec.train.pretrained_model, "train.pretrained_model"))
+            attempt(lambda: read_checkpoint(spec.train.pretrained_model, "train.pretrained_model", mmap=True))
         if spec.train.pretrained_backbone and Path(spec.train.pretrained_backbone).is_file():
-            attempt(lambda: safe_load(spec.train.pretrained_backbone, "train.pretrained_backbone"))
+            attempt(lambda: safe_load(spec.train.pretrained_backbone, "train.pretrained_backbone", mmap=True))
     log.info("training inputs validated in %.1f s (%s): %d problem(s)", time.perf_counter() - start,
              "every file decoded" if deep else "file headers", len(out.problems))
     return out
