@@ -20,6 +20,7 @@ from prefect.tasks import Task
 
 from flows.params import ActionInputs, refuse_secrets
 from oneformer.artifacts import write_json, write_text
+from oneformer.errors import OneFormerError
 from oneformer.secrets import redact_text, redact_url
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
 from tasks import tracking
@@ -224,4 +225,16 @@ def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
     spec = args.pop(0) if args and "=" not in args[0] else None
     overrides = dict(parse_override(a) for a in args)
     refuse_secrets({**own, "overrides": overrides})  # before Prefect stores them with the flow run
-    print(flow(**own, spec=spec, overrides=overrides))
+    with user_errors():
+        print(flow(**own, spec=spec, overrides=overrides))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A local flow run's user errors (bad input, a busy folder) as `error: ...` and exit code 2, as the oneformer
+    CLI gives them, instead of the flow engine's traceback (Prefect's run log keeps that)."""
+    try:
+        yield
+    except OneFormerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -138,4 +138,7 @@ def _closing(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from flows.common import user_errors
+
+    with user_errors():
+        main()

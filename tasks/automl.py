@@ -134,6 +134,14 @@ def warm_start(study: optuna.Study, space: dict[str, optuna.distributions.BaseDi
     return fitting
 
 
+def was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial's process died under it: marked so by retry_interrupted, or failed by Optuna's stale-heartbeat
+    check (a finished trial's attributes cannot be written, so that one carries no mark; every failure of ours has
+    an error attribute)."""
+    return str(t.user_attrs.get("error", "")).startswith(INTERRUPTED) or (
+        t.state == TrialState.FAIL and "error" not in t.user_attrs)
+
+
 def retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage, run_key: str) -> list[int]:
     """Trials a killed process left behind (still RUNNING, or failed by Optuna's stale-heartbeat check) are marked
     interrupted; those of this run are enqueued again with their parameters, to resume from their own folder's
@@ -141,11 +149,11 @@ def retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage, 
     retried_before = {t.user_attrs.get("retry_of") for t in study.trials}
     out = []
     for t in study.get_trials(deepcopy=False):
-        left = t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and "error" not in t.user_attrs)
+        left = t.state == TrialState.RUNNING or was_interrupted(t)
         if not left or t.number in retried_before:
             continue
-        storage.set_trial_user_attr(t._trial_id, "error", f"{INTERRUPTED}: its process died before it finished")
-        if t.state == TrialState.RUNNING:
+        if t.state == TrialState.RUNNING:  # marked, then failed: Optuna refuses to write a finished trial
+            storage.set_trial_user_attr(t._trial_id, "error", f"{INTERRUPTED}: its process died before it finished")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.user_attrs.get("run_key") == run_key and t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "run_key": run_key,
@@ -163,7 +171,7 @@ def ask_new(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistr
             attempts: int = 8) -> optuna.Trial:
     """A trial whose parameters no finished trial of the study holds (a repeat is told FAIL and asked again)."""
     seen = {json.dumps(t.params, sort_keys=True): t.number for t in study.trials if t.state in FINISHED and t.params
-            and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)}  # a retry repeats its trial
+            and not was_interrupted(t)}  # a retry repeats its trial
     for _ in range(attempts):
         with heartbeat_warnings_off():
             trial = study.ask(space)
@@ -281,7 +289,7 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
         logger.info("trials %s were interrupted (their process died): retrying them from their own latest "
                     "checkpoints", ", ".join(map(str, retried)))
     mine = [t for t in study.trials if t.state in FINISHED and t.user_attrs.get("run_key") == run_key
-            and not str(t.user_attrs.get("error", "")).startswith(("repeats", INTERRUPTED))]
+            and not was_interrupted(t) and not str(t.user_attrs.get("error", "")).startswith("repeats")]
     remaining = spec.automl.n_trials - len(mine)
     logger.info("study %r in %s: %d trials in all, %d finished by this run, %d to run; searching %s",
                 study.study_name, shown(storage_url(spec)), len(study.trials), len(mine), max(remaining, 0),
@@ -314,7 +322,8 @@ def study_rows(study: optuna.Study) -> list[dict]:
     return [{"trial": t.number, "state": t.state.name,
              "val mIoU": None if t.value is None else round(t.value, 4), "epochs": t.user_attrs.get("epochs"),
              "params": trial_label(t.params), "run": t.user_attrs.get("run_key", ""),
-             "note": t.user_attrs.get("warm_start") or t.user_attrs.get("error", "")} for t in study.trials]
+             "note": t.user_attrs.get("warm_start") or t.user_attrs.get("error", "")
+             or (INTERRUPTED if was_interrupted(t) else "")} for t in study.trials]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -142,3 +142,35 @@ def test_pruner_stops_lagging_trials_early_and_lets_leading_ones_finish(name: st
     spent = [epochs_spent([v * scale for v in rising]) for scale in (1.0, 1.1, 0.2, 0.2, 1.2)]
 
     assert spent == [12, 12, 2, 2, 12]  # the two laggards stop after 2 of 12 epochs; the new leader runs on
+
+
+def test_a_trial_failed_by_the_stale_heartbeat_check_is_retried_once(tmp_path: Path) -> None:
+    """A rerun long after a kill finds the dead trial already FAIL (Optuna's stale-heartbeat check, in open_study):
+    it is retried with its parameters from its own folder, counted as interrupted, and not retried twice."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tasks.automl import retry_interrupted, study_rows, was_interrupted
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="stale", storage=storage, direction="maximize")
+    space = {"train.optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    trial = study.ask(space)
+    trial.set_user_attr("run_key", "night-1")
+    trial.set_user_attr("results_dir", str(tmp_path / "trial_000"))
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)  # the process "died": no heartbeat past the grace period
+    optuna.storages.fail_stale_trials(study)
+    dead = study.trials[0]
+    assert dead.state == TrialState.FAIL and "error" not in dead.user_attrs
+    assert was_interrupted(dead)
+
+    assert retry_interrupted(study, storage, "night-1") == [0]
+    retry = study.ask(space)
+    assert retry.params == dead.params
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["resume_from"] == str(tmp_path / "trial_000")
+    study.tell(retry, 0.5)
+    assert retry_interrupted(study, storage, "night-1") == []  # once
+    assert study_rows(study)[0]["note"] == "interrupted"
