@@ -20,12 +20,13 @@ from prefect.tasks import Task
 
 from flows.params import ActionInputs, refuse_secrets
 from oneformer.artifacts import write_json, write_text
-from oneformer.errors import OneFormerError
+from oneformer.errors import CheckpointError, OneFormerError
 from oneformer.secrets import redact_text, redact_url
 from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
 from tasks import tracking
+from tasks.actions import check_data
 from tasks.locks import exclusive
-from tasks.parents import resolve_parent
+from tasks.parents import missing_local, resolve_parent
 from tasks.stage_cache import cached
 from tasks.staging import s3_options, stage_data
 
@@ -116,17 +117,18 @@ def flow_run_url(flow_run_id: str) -> str | None:
 @contextmanager
 def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
                 tags: dict[str, str] | None = None, resume: bool = False) -> Iterator[TrackedRun]:
-    """Stage `stage`'s data, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on error), all
-    while holding the results folder against other runs."""
+    """Stage `stage`'s data, check it, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on
+    error), all while holding the results folder against other runs."""
     logger = get_run_logger()
     refuse_secrets(inputs.model_dump(mode="json"))  # before anything is written or logged
     base = spec_from(inputs)
     s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
     results = Path(base.results_dir).resolve()
-    results.mkdir(parents=True, exist_ok=True)
     with exclusive("results folder", str(results)):
         staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base)
         spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
+        check_data(spec, stage)  # bad input fails here: no results folder, no MLflow run
+        results.mkdir(parents=True, exist_ok=True)
         path = write_text(results / spec_file, dump_spec(spec))
         uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
         c = tracking.client(uri)
@@ -184,6 +186,8 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
 def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[TrackedRun]:
     """An action flow's run: tagged with its parent, closed with a markdown artifact of its outputs."""
     refuse_secrets({"parent": parent})
+    if problem := missing_local(parent):
+        raise CheckpointError(problem)
     with tracked_run(action, inputs, action, f"{action}.spec.yaml", {"action": action, "parent": parent or ""}) as r:
         yield r
         r.log_metrics({k: v for k, v in r.outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)})

@@ -12,6 +12,16 @@ from oneformer.spec import ExperimentSpec, with_values
 from tasks.stage_cache import with_outputs
 
 
+@task(name="check-data", task_run_name="check {action} data", cache_policy=NO_CACHE)
+def check_data(spec: ExperimentSpec, action: str) -> None:
+    """`oneformer check --action ACTION` on the staged spec, before the flow creates its results folder or MLflow
+    run: bad data fails this task, with every problem named, and leaves nothing behind."""
+    from oneformer.check import preflight
+
+    preflight(spec, action, models=False)  # the parent model is resolved next, into the results folder
+    get_run_logger().info("%s data: OK", action)
+
+
 @task(name="evaluate", task_run_name="evaluate {checkpoint}", cache_policy=NO_CACHE)
 def evaluate(spec: ExperimentSpec, checkpoint: str) -> dict:
     """mIoU (and PQ/AP where the data allows) of a checkpoint, ONNX file or engine on the test split."""

@@ -37,6 +37,15 @@ def _pick(folder: Path, kind: Kind, parent: str) -> Path:
     return found[0]
 
 
+def missing_local(parent: str | None) -> str | None:
+    """Why a parent given as a local path cannot be used (it does not exist), found before a flow writes anything;
+    MLflow and remote parents are looked up when they are downloaded."""
+    if not parent or parent.startswith("models:/") or RUN_ID.match(parent) or is_remote(parent):
+        return None
+    path = Path(parent.removeprefix("file://")).expanduser()
+    return None if path.exists() else f"parent {parent}: no such file, MLflow run id or models:/ URI"
+
+
 @task(name="resolve-parent", task_run_name="resolve {kind} from {parent}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=5, retry_condition_fn=transient)  # a parent that does not exist is not retried
 def resolve_parent(parent: str, kind: Kind, tracking_uri: str, dest: str, s3_secret_block: str | None = None) -> str:

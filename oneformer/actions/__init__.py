@@ -25,6 +25,7 @@ class DataInput:
     source: Literal["train", "eval", "inference", "calibration"]  # the bucket folder it comes from
     file: str  # its name inside that folder
     check: Literal["required", "optional"] | None = None  # required: set and present; optional: present when set
+    why: str = ""  # what a required input is for, said when it is not set
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,24 @@ TABLE: dict[str, Action] = {a.name: a for a in (
            model_key="evaluate.checkpoint"),
     Action("inference", "predict a folder of images: overlays, label maps, panoptic and instance files",
            ("inference",), (*_unchecked(_TRAIN), DataInput("dataset.test.images", "inference", "images.tar.gz"),
-                            DataInput("inference.images_dir", "inference", "images.tar.gz", "required")),
+                            DataInput("inference.images_dir", "inference", "images.tar.gz", "required",
+                                      "inference reads images from it (not dataset.test.images)")),
            model_key="inference.checkpoint"),
     Action("export", "a checkpoint to ONNX for one task, with a parity report against PyTorch",
            ("export",), _PARITY, model_key="export.checkpoint", converts=True),
     Action("quantize", "an ONNX model to INT8 (QDQ) calibrated on real images, with an accuracy report",
            ("quantize",), (*_unchecked(_TRAIN), DataInput("dataset.test.images", "eval", "images.tar.gz"),
                            DataInput("dataset.quant_calibration_dataset.images_dir", "calibration", "images.tar.gz",
-                                     "required")),
+                                     "required", "INT8 calibration needs representative images (a folder, a .tar.gz "
+                                                 "or a URL)")),
            converts=True),
     Action("gen_trt_engine", "a TensorRT engine from an ONNX model (needs TensorRT and an NVIDIA GPU)",
            ("gen_trt_engine",), _PARITY, converts=True),
 )}
 ACTIONS: tuple[str, ...] = tuple(TABLE)
+
+
+def not_set(action: str, key: str) -> str:
+    """The message for a required input left unset, the same from `oneformer check` and from the action."""
+    why = next((i.why for i in TABLE[action].inputs if i.key == key), "")
+    return f"{key} is not set" + (f": {why}" if why else "")

@@ -8,29 +8,43 @@ import logging
 from pathlib import Path
 
 from oneformer.artifacts import StatusWriter, write_json, write_text
+from oneformer.check import preflight
 from oneformer.data.datasets import read_labels
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.score import score
 from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
+from oneformer.runtime.predictor import Predictor
 from oneformer.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(spec: ExperimentSpec) -> dict:
-    """Run the evaluation; returns the metrics dict (also written to <evaluate dir>/metrics.json)."""
+    """Run the evaluation; returns the metrics dict (also written to <evaluate dir>/metrics.json). Everything it
+    reads is validated before its results folder is made."""
+    preflight(spec, "evaluate")
     out_dir = spec.action_dir("evaluate")
-    out_dir.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(out_dir)
-    status.write("STARTED", "Evaluation started")
     cfg = spec.evaluate
+
+    def started(n_images: int) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        status.write("STARTED", f"Evaluation of {source} on {n_images} images")
+
     if cfg.predictions:
-        files = PredictionFiles(cfg.predictions, read_labels(spec), cfg.semantic_ids, spec.dataset.ignore_value)
-        scorer, source = score(files, spec), str(cfg.predictions)
+        model: PredictionFiles | Predictor = PredictionFiles(cfg.predictions, read_labels(spec), cfg.semantic_ids,
+                                                             spec.dataset.ignore_value)
+        source = str(cfg.predictions)
     else:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
-        scorer, source = score(open_predictor(model_path), spec), str(model_path)
+        model, source = open_predictor(model_path), str(model_path)
+    try:
+        scorer = score(model, spec, on_start=started)
+    except Exception as exc:
+        if status.path.exists():  # it failed while scoring, not in validation
+            status.write("FAILURE", f"{type(exc).__name__}: {exc}")
+        raise
     metrics = scorer.result()
     write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
     status.write("SUCCESS", "Evaluation finished", kpi=metrics)

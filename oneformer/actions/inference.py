@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from PIL import Image
 
+from oneformer.actions import not_set
 from oneformer.artifacts import StatusWriter, write_json
 from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
@@ -27,7 +28,7 @@ def inference(spec: ExperimentSpec) -> dict:
     cfg = spec.inference
     out_dir = spec.action_dir("inference")
     if not cfg.images_dir:
-        raise DataError("inference.images_dir is not set: inference reads images from it (not dataset.test.images)")
+        raise DataError(not_set("inference", "inference.images_dir"))
     images = list_images(stage(cfg.images_dir, "inference.images_dir"), "inference.images_dir")
     model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint")
     predictor = open_predictor(model_path)

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from oneformer.actions import not_set
 from oneformer.actions.export import export_checkpoint
 from oneformer.artifacts import StatusWriter, atomic_path, output_path, write_json
 from oneformer.data.readers import list_images, read_image
@@ -95,19 +96,25 @@ def shapes_skip_dequantize(model: onnx.ModelProto) -> int:
     return count
 
 
-def fp32_model(spec: ExperimentSpec, out_dir: Path) -> Path:
-    """quantize.model_path as an ONNX file; a checkpoint (or best/latest) is exported first."""
+def model_source(spec: ExperimentSpec) -> Path:
+    """quantize.model_path resolved and checked: an ONNX file, or a checkpoint (best/latest from a train folder)."""
     source = spec.quantize.model_path
     if source.lower().endswith(".onnx"):
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"quantize.model_path: {path} does not exist")
         return path
-    checkpoint = resolve(source, spec.action_dir("train"), "quantize.model_path")
+    return resolve(source, spec.action_dir("train"), "quantize.model_path")
+
+
+def fp32_model(source: Path, spec: ExperimentSpec, out_dir: Path) -> Path:
+    """The source as an FP32 ONNX file; a checkpoint is exported first."""
+    if source.suffix.lower() == ".onnx":
+        return source
     path = out_dir / "model.onnx"
-    log.info("quantize: exporting %s first (export.* settings)", checkpoint)
+    log.info("quantize: exporting %s first (export.* settings)", source)
     path.unlink(missing_ok=True)
-    export_checkpoint(checkpoint, path, spec, spec.export.min_agreement)
+    export_checkpoint(source, path, spec, spec.export.min_agreement)
     return path
 
 
@@ -116,8 +123,7 @@ def calibration_images(spec: ExperimentSpec) -> list[Path]:
     key = "dataset.quant_calibration_dataset.images_dir"
     value = spec.dataset.quant_calibration_dataset.images_dir
     if not value:
-        raise DataError(f"{key} is not set: INT8 calibration needs representative images (a folder, a .tar.gz "
-                        f"or a URL)")
+        raise DataError(not_set("quantize", key))
     return list_images(stage(value, key), key)[: spec.quantize.num_calibration_images]
 
 
@@ -157,16 +163,17 @@ def quantize(spec: ExperimentSpec) -> dict:
     """The quantize action: FP32 ONNX (exported if needed) -> INT8 QDQ ONNX with an accuracy report."""
     cfg = spec.quantize
     out_dir = spec.action_dir("quantize")
-    out = output_path(cfg.onnx_file, out_dir / "model.int8.onnx", cfg.overwrite, "quantize.onnx_file",
-                      "quantize.overwrite")
     images = calibration_images(spec)
     compare_on = sample_images(spec, spec.export.parity_images, "quantize's agreement check")
+    source = model_source(spec)
+    out = output_path(cfg.onnx_file, out_dir / "model.int8.onnx", cfg.overwrite, "quantize.onnx_file",
+                      "quantize.overwrite")
     status = StatusWriter(out_dir)
     status.write("STARTED", "Quantization started")
     t0 = time.monotonic()
     try:
         with atomic_path(out) as tmp:  # the INT8 file appears only once it is scored
-            fp32 = fp32_model(spec, out_dir)
+            fp32 = fp32_model(source, spec, out_dir)
             reference = OnnxPredictor(fp32)
             exclude = quantize_onnx(fp32, tmp, images, spec, reference.info,
                                     reference.session.get_modelmeta().custom_metadata_map)

@@ -246,8 +246,9 @@ class _Undecodable(Exception):
     """The header reads but the pixels do not (a truncated or corrupt file)."""
 
 
-def _open(path: Path, deep: bool) -> tuple[int, int]:
-    """(width, height) from the header; with `deep`, the whole file decoded too."""
+def _open(path: Path, deep: bool, content: Callable[[Image.Image], str | None] | None = None) -> tuple[int, int]:
+    """(width, height) from the header; with `deep`, the whole file decoded too and `content` asked what is wrong
+    with its pixels (a problem raises _BadContent; the file is remembered as checked only when it is right)."""
     stat = path.stat()
     memo = (str(path), stat.st_size, stat.st_mtime_ns)
     with Image.open(path) as im:
@@ -257,12 +258,45 @@ def _open(path: Path, deep: bool) -> tuple[int, int]:
                 im.load()
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
                 raise _Undecodable(f"{type(exc).__name__}: {exc}") from None
+            if content is not None and (problem := content(im)):
+                raise _BadContent(problem)
             _DECODED.add(memo)
     return size
 
 
-def _check_record(rec: Record, origins: list[Origin], deep: bool, ann: str) -> list[str]:
-    """Problems with one record's files: missing, unreadable (or undecodable with `deep`), sizes that differ."""
+class _BadContent(Exception):
+    """The file decodes but its values contradict the annotations or the label map."""
+
+
+def _mask_content(rec: Record, allowed: set[int] | None, ann: str) -> Callable[[Image.Image], str | None] | None:
+    """What `deep` checks in a mask's pixels: a panoptic PNG holds only the segments its annotation lists (others
+    would silently train as void); a semantic mask only label-map ids, 0 and dataset.ignore_value."""
+    if rec.panoptic_png is not None:
+        listed = {s.id for s in rec.segments} | {0}
+
+        def panoptic(im: Image.Image) -> str | None:
+            extra = sorted(set(np.unique(rgb_to_id(np.asarray(im.convert("RGB")))).tolist()) - listed)
+            return (f"holds segment ids {extra[:8]} that {ann} does not list in the segments_info of "
+                    f"{rec.image.name}; re-export the PNG and its JSON together") if extra else None
+
+        return panoptic
+    if rec.semantic_png is not None and allowed is not None:
+
+        def semantic(im: Image.Image) -> str | None:
+            values = np.asarray(im)
+            extra = sorted(set(np.unique(values[..., 0] if values.ndim == 3 else values).tolist()) - allowed)
+            return (f"holds values {extra[:8]} that are neither ids of dataset.label_map nor 0 or "
+                    f"dataset.ignore_value; add them to the label map or set them to dataset.ignore_value"
+                    ) if extra else None
+
+        return semantic
+    return None
+
+
+def _check_record(rec: Record, origins: list[Origin], deep: bool, ann: str,
+                  allowed: set[int] | None = None) -> list[str]:
+    """Problems with one record's files: missing, unreadable (or undecodable with `deep`, or with mask values the
+    annotations do not explain), sizes that differ."""
     problems, sizes = [], {}
     mask = rec.panoptic_png or rec.semantic_png
     for role, path in (("image", rec.image), ("mask", mask)):
@@ -272,10 +306,12 @@ def _check_record(rec: Record, origins: list[Origin], deep: bool, ann: str) -> l
             problems.append(f"missing file {describe(path, origins)}")
             continue
         try:
-            sizes[role] = _open(path, deep)
+            sizes[role] = _open(path, deep, _mask_content(rec, allowed, ann) if role == "mask" else None)
         except _Undecodable as exc:
             problems.append(f"{describe(path, origins)} cannot be decoded ({exc}); replace it or remove it from the "
                             "annotations")
+        except _BadContent as exc:
+            problems.append(f"{describe(path, origins)} {exc}")
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each names a broken file
             why = str(exc).replace(f" '{path}'", "") or type(exc).__name__
             problems.append(f"{describe(path, origins)} cannot be read as an image ({why}); replace it or remove "
@@ -293,12 +329,12 @@ def _check_record(rec: Record, origins: list[Origin], deep: bool, ann: str) -> l
 
 
 def check_records(records: list[Record], what: str, origins: list[Origin] | None = None, deep: bool = False,
-                  annotations: str = "annotations") -> None:
+                  annotations: str = "annotations", allowed: set[int] | None = None) -> None:
     """Every referenced file exists and opens as an image (header only, or fully decoded with `deep`), and each
     image has the size of its mask; one error lists the first problems found, each naming the file and spec key."""
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:  # PIL releases the GIL
-        found = [p for ps in pool.map(lambda r: _check_record(r, origins or [], deep, annotations), records)
+        found = [p for ps in pool.map(lambda r: _check_record(r, origins or [], deep, annotations, allowed), records)
                  for p in ps]
     if found:
         more = f"\n    ... and {len(found) - 10} more" if len(found) > 10 else ""
@@ -326,7 +362,7 @@ def stage_input(uri: str, key: str) -> Path:
 
 def read_split(
     annotations: str | None, images: str | None, panoptic: str | None, fmt: str, labels: LabelMap, what: str,
-    deep: bool = False,
+    deep: bool = False, ignore_value: int = 255,
 ) -> list[Record]:
     """Stage and read one split, validating ids, classes and files (headers; every pixel with `deep`)."""
     if not annotations:
@@ -353,7 +389,8 @@ def read_split(
     else:
         records = _fields(key, ann, lambda: read_semantic_jsonl(ann, img, labels, key))
         origins.append(Origin(key, str(annotations), ann.parent))
-    check_records(records, what, origins, deep, f"{key} ({ann})")
+    allowed = {c.id for c in labels.categories} | {0, ignore_value}  # what a semantic mask may hold
+    check_records(records, what, origins, deep, f"{key} ({ann})", allowed)
     log.info("%s: %d images (%s)%s", what, len(records), kind, ", every file decoded" if deep else "")
     return records
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,8 +39,9 @@ def model_tasks(spec: ExperimentSpec, data_kind: str) -> list[str]:
 
 
 def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None,
-          prefer: str = "test") -> Scorer:
-    """Score a predictor (any backend) or prediction files on the evaluation split."""
+          prefer: str = "test", on_start: Callable[[int], None] | None = None) -> Scorer:
+    """Score a predictor (any backend) or prediction files on the evaluation split; `on_start(n_images)` runs once
+    the split, the tasks and the predictions' completeness are validated, before the first image is scored."""
     what, split = eval_split(spec, prefer)
     labels = model.labels
     records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what)
@@ -59,6 +61,8 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
             raise DataError(f"evaluate.predictions: {files.folder} holds {', '.join(files.tasks())} predictions; "
                             f"{what} scores {', '.join(model_tasks(spec, records[0].kind))}")
         check_complete(files, records, tasks, spec.evaluate.missing_predictions)
+    if on_start is not None:
+        on_start(len(records))
     scorer = Scorer(labels, spec.dataset.ignore_value)
     for n, rec in enumerate(records):
         gt_ids, gt_segs = load_target(rec, labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,27 @@ _TORCH_ADVICE = ("weights_only", "trusted source", "add_safe_globals", "safe_glo
 
 def _load_failure(exc: Exception) -> str:
     """The part of a torch.load error worth showing: what was refused, without PyTorch's advice to turn the
-    weights_only safety off."""
-    lines = [ln.strip() for ln in str(exc).replace(". ", ".\n").splitlines()]
+    weights_only safety off (or its terminal colour codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"it holds a {found.group(1)} object, which a safe load does not build"
+    lines = [ln.strip() for ln in text.replace(". ", ".\n").splitlines()]
     kept = [ln for ln in lines if ln and not any(a in ln for a in _TORCH_ADVICE)]
     return " ".join(kept)[:300] or type(exc).__name__
+
+
+def _refusal(where: str, path: Path, exc: Exception, key: str | None) -> str:
+    """Why a file was refused and what to give instead: a TAO (OmegaConf) checkpoint is named as one."""
+    why = _load_failure(exc)
+    text = (f"{where}{path} is not a checkpoint of ours and was not loaded ({why}). Our checkpoints hold only "
+            f"tensors and plain data: give one written by `oneformer train`")
+    if "omegaconf" in why:
+        text += (". This looks like a TAO or Lightning checkpoint that keeps its config as OmegaConf objects; "
+                 "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD does not change this (every load here is weights-only)")
+    if key == "train.pretrained_backbone":
+        text += ", or re-save the backbone's weights as a plain state dict (torch.save(model.state_dict(), path)) " \
+                "in a trusted environment"
+    return text
 
 
 def safe_load(path: str | Path, key: str | None = None, mmap: bool = False) -> Any:
@@ -89,11 +107,7 @@ def safe_load(path: str | Path, key: str | None = None, mmap: bool = False) -> A
                 pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not a checkpoint of ours
-        raise CheckpointError(
-            f"{where}{path} is not a checkpoint of ours and was not loaded ({_load_failure(exc)}). Our checkpoints "
-            "hold only tensors and plain data; give one written by `oneformer train`, or re-save the weights as a "
-            "plain state dict (torch.save(model.state_dict(), path)) in a trusted environment"
-        ) from None
+        raise CheckpointError(_refusal(where, path, exc, key)) from None
 
 
 def read_checkpoint(path: str | Path, key: str | None = None, mmap: bool = False) -> Checkpoint:

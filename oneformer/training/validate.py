@@ -90,10 +90,11 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
     ds = spec.dataset
     if out.labels is not None:
         out.train = attempt(lambda: read_split(ds.train.annotations, ds.train.images, ds.train.panoptic,
-                                               ds.train.format, out.labels, "dataset.train", deep)) or []
+                                               ds.train.format, out.labels, "dataset.train", deep,
+                                               ds.ignore_value)) or []
         if ds.val.annotations:
             out.val = attempt(lambda: read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format,
-                                                 out.labels, "dataset.val", deep)) or []
+                                                 out.labels, "dataset.val", deep, ds.ignore_value)) or []
     resume, key = resume_point(spec, train_dir)
     raw = attempt(lambda: read_resume(resume, key)) if resume is not None else None
     if raw is not None and (out.labels is None or attempt(lambda: same_network(raw, spec, out.labels, resume, key))):

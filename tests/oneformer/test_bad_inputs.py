@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +52,10 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     absent: tuple[str, ...] = ("weights_only=False",)  # substrings that must not appear
     skip: str | None = None
+    flow_expect: tuple[str, ...] | None = None  # where the flow's message differs (a parent model, not a spec key)
+    # found before the flow's results folder exists; an action flow's parent model is resolved into that folder,
+    # so what the action finds in its model or spec (not in its data) is recorded as a FAILED MLflow run there
+    flow_validation: bool | None = None
 
 
 # ----------------------------------------------------------------------------- builders
@@ -240,6 +245,82 @@ def _empty_folder(c: Ctx) -> list[str]:
     return [f"inference.checkpoint={_random_weights(c)}", f"inference.images_dir={c.tmp / 'no-images'}"]
 
 
+def _odd_member(name: str) -> Callable[[Ctx], list[str]]:
+    """The train images archive with its first image stored under `name` (absolute, or climbing out with '..')."""
+
+    def build(c: Ctx) -> list[str]:
+        data = _member(c, "images.tar.gz", "images/train_00000.jpg")
+        return _train_images(c, {"images/train_00000.jpg": None, name: data})
+
+    return build
+
+
+def _tao_checkpoint(c: Ctx) -> Path:
+    """A checkpoint as TAO's OneFormer writes it: Lightning's layout with its config kept as OmegaConf objects
+    (stood in for by a class of that module path, so the test needs no omegaconf)."""
+    import types
+
+    module = types.ModuleType("omegaconf.dictconfig")
+    DictConfig = type("DictConfig", (dict,), {"__module__": "omegaconf.dictconfig"})
+    module.DictConfig = DictConfig
+    saved = {name: sys.modules.get(name) for name in ("omegaconf", "omegaconf.dictconfig")}
+    sys.modules.update({"omegaconf": types.ModuleType("omegaconf"), "omegaconf.dictconfig": module})
+    try:
+        torch.save({"state_dict": {"model.w": torch.zeros(2)}, "epoch": 3,
+                    "hyper_parameters": {"experiment_spec": DictConfig(dataset={"label_map": "/results/x.json"})}},
+                   c.tmp / "tao_oneformer.pth")
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return c.tmp / "tao_oneformer.pth"
+
+
+def _predictions(c: Ctx, keep: int | None = None, shrink: str | None = None) -> list[str]:
+    """evaluate.predictions: the eval split's own semantic masks as raw-id PNGs (`keep` of them; `shrink` one)."""
+    folder = c.tmp / "predictions" / "semantic"
+    folder.mkdir(parents=True)
+    (folder / "ids.json").write_text(json.dumps({"semantic_ids": "raw", "unlabeled": 0}))
+    for png in sorted((c.root / "eval/semantic").glob("*.png"))[:keep]:
+        with Image.open(png) as im:
+            (im.resize((32, 32), Image.NEAREST) if png.stem == shrink else im).save(folder / png.name)
+    return [f"evaluate.predictions={folder.parent}"]
+
+
+def _predictions_not_json(c: Ctx) -> list[str]:
+    (c.tmp / "predictions").mkdir()
+    (c.tmp / "predictions" / "instances.json").write_text("[{oops")
+    return [f"evaluate.predictions={c.tmp / 'predictions'}"]
+
+
+def _unlisted_segment(c: Ctx) -> list[str]:
+    """A panoptic PNG with a patch of segment id 77, which its segments_info does not list."""
+    with Image.open(io.BytesIO(_member(c, "images_panoptic.tar.gz", "images_panoptic/train_00001.png"))) as im:
+        rgb = np.asarray(im.convert("RGB")).copy()
+    rgb[:8, :8] = (77, 0, 0)
+    return _train_panoptic(c, {"images_panoptic/train_00001.png": _encode(rgb, "PNG")})
+
+
+def _semantic_unknown_value(c: Ctx) -> list[str]:
+    """Semantic masks (TAO's JSONL layout) with one pixel block of value 9, an id the label map lacks."""
+    import shutil
+
+    shutil.copytree(c.root / "train/semantic", c.tmp / "train/semantic")
+    shutil.copy(c.root / "train/semantic.jsonl", c.tmp / "train/semantic.jsonl")
+    mask = c.tmp / "train/semantic/train_00002.png"
+    with Image.open(mask) as im:
+        values = np.asarray(im).copy()
+    values[:8, :8] = 9
+    Image.fromarray(values).save(mask)
+    return [f"dataset.train.annotations={c.tmp / 'train/semantic.jsonl'}", "dataset.train.panoptic=null"]
+
+
+def _s3_down(c: Ctx) -> list[str]:
+    return ["dataset.train.images=s3://data/train/images.tar.gz"]
+
+
 IMAGES = "{tmp}/train/images.tar.gz"
 CASES = [
     Case("empty-spec", ("train", "check"), lambda c: _spec_file(c, ""), ("{tmp}/spec.yaml", "the file is empty")),
@@ -277,7 +358,7 @@ CASES = [
          skip="root writes anywhere" if os.geteuid() == 0 else None),
     Case("resume-hostile-pickle", ("check", "train"), _hostile_resume,
          ("train.resume_training_checkpoint_path: {tmp}/hostile.pth is not a checkpoint of ours",
-          "re-save the weights"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
+          "give one written by `oneformer train`"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
     Case("resume-not-ours", ("check", "train"), _foreign_resume,
          ("train.resume_training_checkpoint_path: {tmp}/foreign.pth is not a oneformer checkpoint",)),
     Case("resume-text-file", ("train",), _text_resume,
@@ -289,8 +370,8 @@ CASES = [
          ("train.pretrained_backbone: {tmp}/hostile.pth is not a checkpoint of ours",),
          env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
     Case("evaluate-hostile-pickle", ("evaluate",), _hostile_evaluate,
-         ("{tmp}/hostile.pth is not a checkpoint of ours",), validation=False,
-         env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
+         ("{tmp}/hostile.pth is not a checkpoint of ours",),
+         env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, flow_validation=False),
     Case("hidden-dim-without-text-width", ("check", "train", "export"), lambda c: ["model.one_former.hidden_dim=128"],
          ("model.one_former.hidden_dim (128) must equal model.text_encoder.width (64)", "change both together")),
     Case("resume-another-network", ("check", "train"), _resume_other_network,
@@ -325,11 +406,48 @@ CASES = [
          ("inference.images_dir: no images", "found in {tmp}/no-images"), validation=False),
     Case("export-shape-too-small", ("export",),
          lambda c: [f"export.checkpoint={_random_weights(c)}", "export.input_height=16", "export.input_width=16"],
-         ("export.input_height=16 is not a multiple of 32 (model.one_former.size_divisibility)",)),
+         ("export.input_height=16 is not a multiple of 32 (model.one_former.size_divisibility)",),
+         flow_validation=False),
     Case("evaluate-checkpoint-missing", ("evaluate",), lambda c: [f"evaluate.checkpoint={c.tmp / 'nope.pth'}"],
-         ("evaluate.checkpoint: checkpoint {tmp}/nope.pth does not exist",), validation=False),
+         ("evaluate.checkpoint: checkpoint {tmp}/nope.pth does not exist",),
+         flow_expect=("parent {tmp}/nope.pth: no such file, MLflow run id or models:/ URI",)),
     Case("onnx-model-is-text", ("inference",), _text_onnx,
          ("{tmp}/model.onnx is not an ONNX model ONNX Runtime can load",), validation=False),
+    Case("archive-member-absolute", ("check", "train"), _odd_member("/images/train_00000.jpg"),
+         (f"dataset.train.images: cannot extract {IMAGES}: its member '/images/train_00000.jpg' has an absolute "
+          "path", "rebuild it from the folder that holds the images")),
+    Case("archive-member-escapes", ("check", "train"), _odd_member("../images/train_00000.jpg"),
+         (f"dataset.train.images: cannot extract {IMAGES}: its member '../images/train_00000.jpg' points outside "
+          "the extraction folder",)),
+    # TAO's documented pattern: its checkpoints keep OmegaConf objects, and its advice is to turn safe loading off
+    Case("tao-omegaconf-checkpoint", ("evaluate",), lambda c: [f"evaluate.checkpoint={_tao_checkpoint(c)}"],
+         ("{tmp}/tao_oneformer.pth is not a checkpoint of ours", "omegaconf.dictconfig.DictConfig object",
+          "give one written by `oneformer train`"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+         absent=("weights_only=False", "\x1b[", "you have two options"), flow_validation=False),
+    Case("tao-omegaconf-pretrained", ("check", "train"), lambda c: [f"train.pretrained_model={_tao_checkpoint(c)}"],
+         ("train.pretrained_model: {tmp}/tao_oneformer.pth is not a checkpoint of ours", "TAO or Lightning checkpoint",
+          "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD does not change this")),
+    Case("predictions-missing", ("evaluate",), lambda c: _predictions(c, keep=2),
+         ("evaluate.predictions: {tmp}/predictions has no prediction for semantic: 2 of 4 images",
+          "set evaluate.missing_predictions=empty")),
+    Case("predictions-other-size", ("evaluate",), lambda c: _predictions(c, shrink="eval_00002"),
+         ("evaluate.predictions: {tmp}/predictions/semantic/eval_00002.png is 32x32 (HxW), but the ground truth of "
+          "eval_00002.jpg is 64x64",), validation=False),
+    Case("predictions-not-json", ("evaluate",), _predictions_not_json,
+         ("evaluate.predictions: {tmp}/predictions/instances.json is not JSON",)),
+    Case("predictions-missing-folder", ("evaluate",), lambda c: [f"evaluate.predictions={c.tmp / 'nowhere'}"],
+         ("evaluate.predictions: {tmp}/nowhere does not exist",)),
+    Case("panoptic-png-unlisted-segment", ("check-deep", "train"), _unlisted_segment,
+         ("dataset.train.panoptic: images_panoptic/train_00001.png in {tmp}/train/images_panoptic.tar.gz holds segment "
+          "ids [77] that dataset.train.annotations", "does not list in the segments_info of train_00001.jpg")),
+    Case("semantic-mask-unknown-value", ("check-deep", "train"), _semantic_unknown_value,
+         ("{tmp}/train/semantic/train_00002.png holds values [9] that are neither ids of dataset.label_map nor 0 or "
+          "dataset.ignore_value",)),
+    Case("s3-endpoint-down", ("train",), _s3_down,
+         ("dataset.train.images: reading s3://data/train/images.tar.gz failed", "Check the endpoint "
+          "(AWS_ENDPOINT_URL) and the network"),
+         env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+              "ONEFORMER_S3_CONNECT_TIMEOUT": "1"}),
 ]
 ROWS = [pytest.param(case, verb, id=f"{case.id}-{verb}",
                      marks=[pytest.mark.skip(reason=case.skip)] if case.skip else [])
@@ -363,6 +481,74 @@ def test_bad_input_is_a_clean_error(case: Case, verb: str, small_synth: Path, tm
     assert not (tmp_path / "PWNED").exists(), "loading the checkpoint ran its code"
     if case.validation:
         assert not c.results.exists(), f"{c.results} was created before validation failed"
+
+
+# The flow each verb reaches, and the spec key whose value becomes the flow's parent model.
+FLOWS = {"train": ("flows.train", "train_flow", None), "evaluate": ("flows.evaluate", "evaluate_flow",
+         "evaluate.checkpoint"), "inference": ("flows.inference", "inference_flow", "inference.checkpoint"),
+         "export": ("flows.export", "export_flow", "export.checkpoint"),
+         "quantize": ("flows.quantize", "quantize_flow", "quantize.model_path")}
+FLOW_ROWS = [pytest.param(case, verb, id=f"{case.id}-{verb}-flow",
+                          marks=[pytest.mark.skip(reason=case.skip)] if case.skip else [])
+             for case in CASES for verb in case.verbs if verb in FLOWS
+             and not any("predictions" in t for t in case.expect)]  # scoring files is the CLI's alone: no flow
+
+
+def _flow_call(verb: str, argv: list[str], tmp: Path) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The CLI arguments as the flow's parameters: the spec, the overrides, the parent model when one is named."""
+    import importlib
+
+    from oneformer.spec import parse_override
+
+    module, name, parent_key = FLOWS[verb]
+    args = argv[1:]
+    spec = args[args.index("-e") + 1]
+    overrides = dict(parse_override(a) for a in args if "=" in a)
+    params: dict[str, Any] = {"spec": spec, "results_dir": overrides.pop("results_dir"),
+                              "tracking_config": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}}
+    if parent_key is not None:
+        parent = str(overrides.pop(parent_key, None) or "") or str(_random_weights(Ctx(tmp, tmp, Path(spec))))
+        params["parent"] = parent
+        if verb == "quantize" or parent.endswith(".onnx"):
+            params["model_kind"] = "onnx" if parent.endswith(".onnx") else "checkpoint"
+    return getattr(importlib.import_module(module), name), {**params, "overrides": overrides}
+
+
+@pytest.mark.parametrize(("case", "verb"), FLOW_ROWS)
+def test_bad_input_fails_its_flow(case: Case, verb: str, small_synth: Path, tmp_path: Path, prefect_api: None,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bad input through the Prefect flow the verb's deployment runs: a Failed flow run whose error is the
+    CLI's message, no results folder or MLflow run when validation finds it, nothing registered, and no incomplete
+    entry left in the staging cache."""
+    from oneformer.data import cache
+    from oneformer.errors import OneFormerError
+
+    c = Ctx(small_synth.parent, tmp_path, small_synth)
+    flow, params = _flow_call(verb, _argv(verb, c.spec, case.build(c), c.results), tmp_path)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    state = flow(**params, return_state=True)
+    assert state.is_failed(), state
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, OneFormerError), repr(error)
+    for text in case.flow_expect or case.expect:
+        assert text.format(tmp=tmp_path, root=c.root) in str(error), str(error)
+    assert not (tmp_path / "PWNED").exists(), "loading the checkpoint ran its code"
+    assert [e.name for e in cache.entries() if not e.complete] == []
+    db = tmp_path / "mlflow.db"
+    if case.validation if case.flow_validation is None else case.flow_validation:
+        assert not c.results.exists(), f"{c.results} was created before validation failed"
+        assert not db.exists(), "an MLflow run was opened before validation failed"
+    elif db.exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{db}")
+        assert client.search_registered_models() == []
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs and {r.info.status for r in runs} == {"FAILED"}
+        outputs = [p for pattern in ("*.onnx", "metrics.json", "*.engine", "*.pth")
+                   for p in c.results.rglob(pattern) if p.parent.name != "parent"]
+        assert outputs == [], "a failed flow left outputs behind"
 
 
 def test_hostile_resume_runs_no_code_in_a_real_process(small_synth: Path, tmp_path: Path) -> None:
@@ -427,3 +613,36 @@ def test_every_checkpoint_load_passes_weights_only_true() -> None:
     calls = _calls(Path(__file__).resolve().parents[2])
     assert calls, "the scan found no torch.load at all"
     assert [c for c in calls if c[2] != "True"] == []
+
+
+def test_tao_error_patterns_that_are_not_errors_here(small_synth: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """TAO's documented failures (../shared/reference) that its users work around by hand just work here: a path one
+    level above an extracted archive's wrapper folder, the legacy `fp32` precision, and quantizing a checkpoint whose
+    training job folder (label map included) is gone."""
+    import shutil
+
+    from oneformer.spec import load_spec
+
+    extracted = tmp_path / "extracted"
+    with tarfile.open(small_synth.parent / "train/images.tar.gz") as tar:
+        tar.extractall(extracted, filter="data")
+    assert [p.name for p in extracted.iterdir()] == ["images"]  # the wrapper folder TAO users trip over
+    base = ["-e", str(small_synth), f"results_dir={tmp_path}/r"]
+    for extra in ([f"dataset.train.images={extracted}"], ["train.precision=fp32"]):
+        with pytest.raises(SystemExit) as done:
+            main(["check", "--action", "train", *base, *extra])
+        assert done.value.code == 0, capsys.readouterr().err
+    assert load_spec(small_synth, ["train.precision=fp32"]).train.precision == "32"
+
+    job = tmp_path / "automl_job"  # a training job's folder: its spec names its own copy of the data
+    shutil.copytree(small_synth.parent, job, ignore=shutil.ignore_patterns("results"))
+    (job / "spec.yaml").write_text((job / "spec.yaml").read_text().replace(str(small_synth.parent), str(job)))
+    checkpoint = _random_weights(Ctx(job, tmp_path, job / "spec.yaml"))
+    shutil.rmtree(job)
+    with pytest.raises(SystemExit) as done:
+        main(["quantize", *base, f"quantize.model_path={checkpoint}", "dataset.label_map=null",
+              "export.input_height=64", "export.input_width=64", f"quantize.results_dir={tmp_path}/q"])
+    out = capsys.readouterr()
+    assert done.value.code == 0, out.err
+    assert (tmp_path / "q" / "model.int8.onnx").is_file()
