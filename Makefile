@@ -25,7 +25,7 @@ demo: install
 	  --calibration data/calibration
 
 test: install
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=20
 
 # Fast tier (under 2 minutes on 2 cores): training steps, the actions and every predictor on a random-weights
 # checkpoint, staging against S3; the slow tier adds learning, the pipeline and a Prefect server + worker.

@@ -27,8 +27,23 @@ from tasks import tracking
 from tasks.actions import check_data
 from tasks.locks import exclusive
 from tasks.parents import missing_local, resolve_parent
+from tasks.sources import data_overrides
 from tasks.stage_cache import cached
 from tasks.staging import s3_options, stage_data
+
+
+class NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; for our user errors, whose message names the file,
+    key and what to do, the traceback is only noise (in the terminal and the UI alike), so it is left off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OneFormerError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):  # the loggers Prefect's engines report failures on
+    logging.getLogger(_name).addFilter(NoUserErrorTraceback())
 
 
 def spec_from(inputs: ActionInputs) -> ExperimentSpec:
@@ -81,8 +96,9 @@ class TrackedRun:
 
     def staged(self, action: str) -> ExperimentSpec:
         """This run's spec with the files `action` reads staged to local paths."""
-        return with_values(self.spec, stage_data(action, self.inputs.sources, self.inputs.s3_secret_block, self.spec),
-                           f"{action} spec")
+        given = data_overrides(self.inputs.overrides, action)
+        return with_values(self.spec, stage_data(action, self.inputs.sources, self.inputs.s3_secret_block, self.spec,
+                                                 given), f"{action} spec")
 
     @property
     def url(self) -> str:
@@ -125,7 +141,8 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
     s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
     results = Path(base.results_dir).resolve()
     with exclusive("results folder", str(results)):
-        staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base)
+        staged = stage_data(stage, inputs.sources, inputs.s3_secret_block, base,
+                            data_overrides(inputs.overrides, stage))
         spec = with_values(base, {**staged, "results_dir": str(results)}, f"{name} spec")
         check_data(spec, stage)  # bad input fails here: no results folder, no MLflow run
         results.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from tasks.locks import exclusive
 from tasks.parents import resolve_parent
 from tasks.registry import champion_params, register
 from tasks.results import ChampionScore, Conversion, Evaluation, Lineage, Registration, Selection
+from tasks.sources import data_overrides
 from tasks.staging import data_digest
 from tasks.training import train_once
 
@@ -61,7 +62,8 @@ def lineage(r: TrackedRun) -> Lineage:
     """Digest the spec and the training data; record the data as MLflow dataset inputs of the run."""
     spec, sources = r.spec, r.inputs.sources
     spec_digest = digest(dump_spec(spec))
-    data = data_digest("train", sources, r.inputs.s3_secret_block) if sources.train else \
+    data = data_digest("train", sources, r.inputs.s3_secret_block, data_overrides(r.inputs.overrides, "train")) \
+        if sources.train else \
         {"all": stage_cache.data_digest(spec, "train")[:20]}
     train_source = sources.train or str(spec.dataset.train.images)
     tracking_inputs = [("train", train_source, data.get("train", data["all"]), "training")]

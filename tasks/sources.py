@@ -33,6 +33,16 @@ def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
 
 
-def required(action: str, sources: DataSources) -> dict[str, str]:
-    """Spec key -> URI for every file `action` needs, from the sources that are set (the spec keeps the rest)."""
-    return {i.key: join(getattr(sources, i.source), i.file) for i in TABLE[action].inputs if getattr(sources, i.source)}
+def required(action: str, sources: DataSources, given: dict[str, str] | None = None) -> dict[str, str]:
+    """Spec key -> URI for every file `action` needs: from the sources that are set, except where the run's
+    overrides (`given`) name the file themselves; the spec keeps the rest."""
+    given = given or {}
+    from_sources = {i.key: join(getattr(sources, i.source), i.file) for i in TABLE[action].inputs
+                    if getattr(sources, i.source)}
+    return {**from_sources, **{k: v for k, v in given.items() if k in from_sources}}
+
+
+def data_overrides(overrides: dict[str, object], action: str) -> dict[str, str]:
+    """The overrides that name one of `action`'s data files: they win over the bucket layout's file."""
+    keys = {i.key for i in TABLE[action].inputs}
+    return {k: str(v) for k, v in overrides.items() if k in keys and v not in (None, "")}

@@ -99,12 +99,16 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
       retry_condition_fn=transient)
 def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = None,
-               spec: ExperimentSpec | None = None) -> dict[str, str]:
+               spec: ExperimentSpec | None = None, given: dict[str, str] | None = None) -> dict[str, str]:
     """Local paths for every file `action` needs (spec key -> path), from the sources and from remote URIs the spec
-    itself names, staged side by side with the block's S3 settings; unchanged objects reuse the staged copy."""
+    itself names, staged side by side with the block's S3 settings; unchanged objects reuse the staged copy. A file
+    the run's overrides name (`given`) wins over the source's."""
     logger = get_run_logger()
     named = {i.key: str(v) for i in TABLE[action].inputs if spec and (v := spec.value_at(i.key)) and is_remote(str(v))}
-    uris = {**named, **required(action, sources)}
+    uris = {**named, **required(action, sources, given)}
+    for key in sorted(set(given or {}) & set(required(action, sources))):
+        logger.info("%s: the override %s is used instead of the %s source's file", key, uris[key],
+                    next(i.source for i in TABLE[action].inputs if i.key == key))
     out = {key: str(path) for key, path in stage_all(uris, options=s3_options(s3_secret_block)).items()}
     for key, uri in uris.items():
         logger.info("%s: %s -> %s", key, uri, out[key])
@@ -113,10 +117,12 @@ def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = 
 
 @task(name="fingerprint-data", task_run_name="fingerprint {action} data", retries=2, retry_delay_seconds=5,
       retry_condition_fn=transient)
-def data_digest(action: str, sources: DataSources, s3_secret_block: str | None = None) -> dict[str, str]:
-    """One digest over every file `action` reads from the sources, plus each source's own (for MLflow inputs)."""
+def data_digest(action: str, sources: DataSources, s3_secret_block: str | None = None,
+                given: dict[str, str] | None = None) -> dict[str, str]:
+    """One digest over every file `action` reads from the sources (or the overrides that replace them), plus each
+    source's own (for MLflow inputs)."""
     options = s3_options(s3_secret_block)
-    parts = {key: fingerprint(uri, options) for key, uri in sorted(required(action, sources).items())}
+    parts = {key: fingerprint(uri, options) for key, uri in sorted(required(action, sources, given).items())}
     out = {"all": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]}
     source_of = {i.key: i.source for i in TABLE[action].inputs}
     for source in ("train", "eval", "inference", "calibration"):

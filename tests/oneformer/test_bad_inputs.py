@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from logs import LogLines
 from PIL import Image
 
 from oneformer.cli import main
@@ -518,8 +520,8 @@ def _flow_call(verb: str, argv: list[str], tmp: Path) -> tuple[Callable[..., Any
 def test_bad_input_fails_its_flow(case: Case, verb: str, small_synth: Path, tmp_path: Path, prefect_api: None,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The same bad input through the Prefect flow the verb's deployment runs: a Failed flow run whose error is the
-    CLI's message, no results folder or MLflow run when validation finds it, nothing registered, and no incomplete
-    entry left in the staging cache."""
+    CLI's message with no traceback in the run's logs, no results folder or MLflow run when validation finds it,
+    nothing registered, and no incomplete entry left in the staging cache."""
     from oneformer.data import cache
     from oneformer.errors import OneFormerError
 
@@ -527,8 +529,14 @@ def test_bad_input_fails_its_flow(case: Case, verb: str, small_synth: Path, tmp_
     flow, params = _flow_call(verb, _argv(verb, c.spec, case.build(c), c.results), tmp_path)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
-    state = flow(**params, return_state=True)
+    lines = LogLines()
+    logging.getLogger("prefect").addHandler(lines)  # Prefect's loggers do not propagate to the root
+    try:
+        state = flow(**params, return_state=True)
+    finally:
+        logging.getLogger("prefect").removeHandler(lines)
     assert state.is_failed(), state
+    assert [line for line in lines.lines if "Traceback" in line] == [], "a user error was logged with a traceback"
     error = state.result(raise_on_failure=False)
     assert isinstance(error, OneFormerError), repr(error)
     for text in case.flow_expect or case.expect:

@@ -173,3 +173,35 @@ def test_empty_archive_fails_at_once_naming_key_and_uri(prefect_api, s3, monkeyp
     assert out["error"].startswith("dataset.quant_calibration_dataset.images_dir: "
                                    "s3://data/d/calibration/images.tar.gz is an empty archive")
     assert not list((tmp_path / "cache").rglob(".complete"))  # nothing marked complete, so the next run looks again
+
+
+def test_an_override_naming_a_data_file_wins_over_the_bucket_layout(prefect_api, tmp_path: Path) -> None:  # noqa: ANN001
+    """`--train data/train dataset.train.annotations=other.json`: the run reads other.json, logs that it does, and
+    the data fingerprint (which keys the study and the stage cache's lineage) follows the file really read."""
+    from tasks.staging import data_digest
+
+    bucket = tmp_path / "train"
+    bucket.mkdir()
+    for name in ("images.tar.gz", "images_panoptic.tar.gz"):
+        (bucket / name).write_bytes(_archive())
+    (bucket / "annotations.json").write_text('{"images": []}')
+    (bucket / "label_map.json").write_text("[]")
+    other = tmp_path / "other.json"
+    other.write_text('{"images": [], "note": "the one the user named"}')
+    sources = DataSources(train=str(bucket))
+
+    @flow
+    def run(given: dict[str, str] | None) -> tuple[dict, dict]:
+        return stage_data("train", sources, None, None, given), data_digest("train", sources, None, given)
+
+    lines = LogLines()
+    logging.getLogger().addHandler(lines)
+    try:
+        staged, digest = run({"dataset.train.annotations": str(other)})
+    finally:
+        logging.getLogger().removeHandler(lines)
+    assert staged["dataset.train.annotations"] == str(other)
+    assert any("the override" in line and "instead of the train source's file" in line for line in lines.lines)
+    plain_staged, plain_digest = run(None)
+    assert plain_staged["dataset.train.annotations"] == str(bucket / "annotations.json")
+    assert digest["all"] != plain_digest["all"] and digest["train"] != plain_digest["train"]
