@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 from oneformer.artifacts import StatusWriter, write_json, write_text
-from oneformer.check import preflight
 from oneformer.data.datasets import read_labels
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.score import score
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 def evaluate(spec: ExperimentSpec) -> dict:
     """Run the evaluation; returns the metrics dict (also written to <evaluate dir>/metrics.json). Everything it
     reads is validated before its results folder is made."""
-    preflight(spec, "evaluate")
     out_dir = spec.action_dir("evaluate")
     status = StatusWriter(out_dir)
     cfg = spec.evaluate

@@ -95,7 +95,9 @@ class PredictionFiles:
     def __init__(self, folder: str | Path, labels: LabelMap, semantic_ids: str = "auto", ignore: int = 255) -> None:
         self.folder, self.labels = Path(folder), labels
         if not self.folder.is_dir():
-            raise DataError(f"evaluate.predictions: {self.folder} is not a folder")
+            what = "is not a folder" if self.folder.exists() else "does not exist"
+            raise DataError(f"evaluate.predictions: {self.folder} {what}; give the folder that holds semantic/, "
+                            f"panoptic.json or instances.json")
         self.panoptic: dict[tuple[str, int | str], dict] = {}
         self.panoptic_dir = self.folder / PANOPTIC_DIR
         if (self.folder / PANOPTIC_JSON).is_file():
