@@ -149,7 +149,7 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
         path = write_text(results / spec_file, dump_spec(spec))
         uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
         c = tracking.client(uri)
-        exp = tracking.experiment_id(c, inputs.tracking_config.experiment, results / "mlartifacts")
+        exp = tracking.experiment_id(c, inputs.tracking_config.experiment, tracking.artifact_root(uri, results))
         flow_run_id = str(runtime.flow_run.id or "local")
         key = run_key(results, resume, flow_run_id)
         link = {"prefect.flow_run_url": url} if (url := flow_run_url(flow_run_id)) else {}

@@ -30,8 +30,16 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
 
+def artifact_root(uri: str, results_dir: Path) -> Path | None:
+    """Where a new experiment keeps its artifacts: in the results folder for a local store (MLflow's default is
+    ./mlruns, wherever the process happens to run); a tracking server's own store (its proxied artifact
+    destination, S3 for instance) when the URI is a server, so every machine of a team reads the same files."""
+    return None if uri.startswith(("http://", "https://", "databricks")) else results_dir / "mlartifacts"
+
+
 def experiment_id(c: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """The experiment's id, created with an explicit artifact location (MLflow's default is ./mlruns)."""
+    """The experiment's id, created with an explicit artifact location (MLflow's default is ./mlruns), or the
+    server's default when `artifact_root` is None."""
     found = c.get_experiment_by_name(name)
     if found:
         return found.experiment_id

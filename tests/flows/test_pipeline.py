@@ -1,4 +1,7 @@
-"""The whole pipeline on synthetic data served from an S3 server on 127.0.0.1, then a rerun that resumes."""
+"""The whole pipeline as a team runs it: synthetic data in an S3 bucket (an S3 server on 127.0.0.1), tracking and
+registry on an MLflow server over HTTP with a PostgreSQL backend store and its artifacts proxied to S3; then the
+next night's run, the action flows taking its run and its registered versions as parents, and the registered
+model loaded back by alias. (SQLite, the default store, is what test_nights, test_kill and `make demo` use.)"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch
 import yaml
 from logs import LogLines
 from mlflow.tracking import MlflowClient
-from servers import s3_env
+from servers import mlflow_command, s3_env
 
 from flows.params import Tracking
 from flows.pipeline import pipeline
@@ -55,8 +58,27 @@ def bucket(small_synth: Path, moto_endpoint: str, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One pipeline run from S3 with two AutoML trials."""
+def server(postgres_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """`mlflow server` as teams run it: PostgreSQL behind it, artifacts proxied to s3://mlflow-artifacts."""
+    import boto3
+    import psycopg
+
+    with psycopg.connect(postgres_url.replace("/optuna", "/postgres"), autocommit=True) as c:
+        c.execute("CREATE DATABASE mlflow_pipeline")
+    env = s3_env(moto_endpoint, SECRET)
+    boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                 region_name="us-east-1").create_bucket(Bucket="mlflow-artifacts")
+    store = postgres_url.replace("postgresql://", "postgresql+psycopg://").replace("/optuna", "/mlflow_pipeline")
+    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    with mlflow_command(["server", "--backend-store-uri", store, "--artifacts-destination", "s3://mlflow-artifacts",
+                         "--workers", "1"], "/health", log, {**env, "MLFLOW_S3_ENDPOINT_URL": moto_endpoint}) as url:
+        yield {"url": url, "log": log}
+
+
+@pytest.fixture(scope="module")
+def first(bucket: DataSources, server: dict, small_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One pipeline run from S3 with two AutoML trials, tracked on the MLflow server."""
     classes = yaml.safe_load(small_synth.read_text())["model"]["sem_seg_head"]["num_classes"]
     results = tmp_path_factory.mktemp("pipeline") / "results"
     overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 3, "export.input_height": 64,
@@ -67,7 +89,8 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
               "environment": dict(os.environ), "matmul": torch.get_float32_matmul_precision()}
     try:
         result = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=2,
-                          results_dir=str(results), model_name="synthetic")
+                          results_dir=str(results), model_name="synthetic",
+                          tracking_config=Tracking(tracking_uri=server["url"]))
     finally:
         logging.getLogger().removeHandler(handler)
     after = {"mlflow_uri": mlflow.get_tracking_uri(), "registry_uri": mlflow.get_registry_uri(),
@@ -76,12 +99,12 @@ def first(bucket: DataSources, small_synth: Path, tmp_path_factory: pytest.TempP
             "process_state": (before, after)}
 
 
-def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> None:
+def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict, server: dict, moto_endpoint: str) -> None:
     results = first["results"]
     reg = first["registered"]
     assert reg["version"] == "1" and set(reg["aliases"]) == {"candidate", "champion"}
     c = MlflowClient(first["tracking_uri"], registry_uri=first["tracking_uri"])
-    assert first["tracking_uri"] == f"sqlite:///{results.resolve()}/mlflow.db"
+    assert first["tracking_uri"] == server["url"] and not (results / "mlflow.db").exists()
     version = c.get_model_version_by_alias("synthetic", "champion")
     assert str(version.version) == "1"
     assert float(version.tags["mIoU"]) == pytest.approx(first["metrics"]["mIoU"], abs=1e-6)
@@ -97,6 +120,16 @@ def test_pipeline_from_s3_registers_a_version_with_artifacts(first: dict) -> Non
         assert expected in files, expected
     assert any(f.startswith("overlays/") and f.endswith(".png") for f in files)
     run = c.get_run(parent)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # the server's store, not this machine's disk
+    import boto3
+
+    env = s3_env(moto_endpoint, SECRET)
+    stored = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    keys = {o["Key"] for page in stored.get_paginator("list_objects_v2").paginate(Bucket="mlflow-artifacts")
+            for o in page.get("Contents", [])}
+    assert any(k.endswith(f"{parent}/artifacts/export/model.onnx") for k in keys), sorted(keys)[:20]
+    assert not (results / "mlartifacts").exists()
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_mIoU"] == pytest.approx(first["metrics"]["mIoU"])
     assert run.data.params["train.num_epochs"] == "3"
@@ -120,8 +153,8 @@ def test_the_registered_version_predicts_on_the_images_it_was_made_for(first: di
     from oneformer.runtime import open_predictor
     from oneformer.runtime.segment import segment
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", first["tracking_uri"])  # as a user points MLflow at the store
-    model = mlflow.pyfunc.load_model("models:/synthetic/1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first["tracking_uri"])  # as a user points MLflow at the server
+    model = mlflow.pyfunc.load_model("models:/synthetic@champion")
     images = list_images(stage(str(small_synth.parent / "inference" / "images.tar.gz"), "inference"), "inference")
     out = model.predict([str(p) for p in images], params={"precision": "int8"})
     int8 = open_predictor(first["artifacts"]["int8"])  # the pipeline's own INT8 file answers the same
@@ -140,7 +173,8 @@ def test_next_run_trains_new_trials_and_the_champion_gate_rescored(first: dict, 
     study = open_study_for(results, first)
     done = {t.number: t.datetime_complete for t in study.trials}
     second = pipeline(spec="specs/smoke.yaml", overrides=overrides, sources=bucket, n_trials=1,
-                      results_dir=str(results), model_name="synthetic")
+                      results_dir=str(results), model_name="synthetic",
+                      tracking_config=Tracking(tracking_uri=first["tracking_uri"]))
 
     assert "staging: downloading" not in caplog.text and "staging: reusing" in caplog.text
     study = open_study_for(results, second)  # the same data and spec: the same study, one new trial

@@ -89,7 +89,7 @@ def postgres(bindir: Path, password: str | None = None, databases: tuple[str, ..
 
 
 @contextmanager
-def mlflow_command(args: list[str], health: str, log: Path) -> Iterator[str]:
+def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`mlflow <args> --host 127.0.0.1 --port <free>` (a tracking server or `models serve`), up once `health`
     answers; yields its URL and stops it. MLflow execs `uvicorn` from PATH: the venv's bin goes first, as an
     activated venv has it."""
@@ -102,7 +102,8 @@ def mlflow_command(args: list[str], health: str, log: Path) -> Iterator[str]:
     with log.open("w") as out:
         server = subprocess.Popen([str(mlflow_bin), *args, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"})
+                                  env={**os.environ, **(env or {}),
+                                       "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
