@@ -40,7 +40,8 @@ from tasks.training import train_once
 # continues the study instead of starting a new one.
 NOT_TRAINING = ("automl.n_trials", "automl.timeout", "automl.trial_timeout", "automl.n_jobs", "automl.storage",
                 "automl.study_name", "train.results_dir", "train.resume_training_checkpoint_path", "train.num_gpus",
-                "train.gpu_ids", "train.num_nodes", "train.verbose", "train.checkpoint_interval", "train.verify_data")
+                "train.gpu_ids", "train.num_nodes", "train.num_processes", "train.verbose", "train.checkpoint_interval",
+                "train.verify_data")
 
 
 def digest(text: str) -> str:

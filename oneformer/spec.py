@@ -266,6 +266,10 @@ class TrainConfig(Section):
     num_gpus: int = Field(1, ge=0, description="Devices; 0 or no CUDA means CPU")
     gpu_ids: list[int] = Field(default_factory=lambda: [0])
     num_nodes: int = Field(1, ge=1)
+    num_processes: int = Field(
+        1, ge=1, description="Training on CPU (num_gpus 0 or no CUDA): DDP processes on this machine (gloo), each "
+                             "with dataset.train.batch_size images and a share of the cores; GPUs use num_gpus and "
+                             "gpu_ids, one process each")
     seed: int = Field(1234, ge=0)
     verify_data: Literal["decode", "headers"] = Field(
         "decode", description="What training checks of every image and mask before its first step: decode them all "

@@ -28,7 +28,12 @@ class RunLogger(Logger):
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         super().__init__()
-        self.client, self.run_id = tracking.client(tracking_uri), run_id
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.client = tracking.client(tracking_uri)
+
+    def __reduce__(self) -> tuple:
+        """Rebuilt from its URI and run in a spawned DDP process (a client holds connections, never pickled)."""
+        return RunLogger, (self.tracking_uri, self.run_id)
 
     @property
     def name(self) -> str:
@@ -54,7 +59,8 @@ class RunLogger(Logger):
 
 
 class PruneOnPlateau(pl.Callback):
-    """Report each epoch's validation mIoU to an Optuna trial and stop training when the pruner says so."""
+    """Report each epoch's validation mIoU to an Optuna trial and stop training when the pruner says so. Under DDP
+    rank 0 reports and decides, and every process stops with it (the decision is broadcast)."""
 
     def __init__(self, trial: Any, metric: str = "mIoU") -> None:  # optuna.Trial; typed loosely for Lightning
         self.trial, self.metric = trial, metric
@@ -64,10 +70,21 @@ class PruneOnPlateau(pl.Callback):
         value = trainer.callback_metrics.get(self.metric)
         if trainer.sanity_checking or value is None:
             return
-        self.trial.report(float(value), step=trainer.current_epoch)
-        if self.trial.should_prune():
+        prune = False
+        if trainer.is_global_zero:
+            self.trial.report(float(value), step=trainer.current_epoch)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):
             self.pruned_at = trainer.current_epoch
             trainer.should_stop = True  # stop after this epoch's checkpoint, so the trial folder stays usable
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where it pruned: handed back from a DDP run's rank 0 to the launching process."""
+        return {"pruned_at": self.pruned_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The state `state_dict` gave."""
+        self.pruned_at = state_dict.get("pruned_at")
 
 
 def epochs_run(train_dir: Path) -> int:

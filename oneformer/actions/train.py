@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from oneformer.artifacts import write_json
 from oneformer.data.datasets import SegmentationDataModule
 from oneformer.data.tokenizer import TextTable
 from oneformer.model.checkpoint import best_entry, read_index
 from oneformer.model.network import freeze, hf_config, num_text
 from oneformer.model.pretrained import load_backbone, load_pretrained
 from oneformer.spec import ExperimentSpec
+from oneformer.training.launch import in_spawned_process, run_processes
 from oneformer.training.module import SegmentationModule
-from oneformer.training.trainer import build_trainer
+from oneformer.training.trainer import build_trainer, local_processes
 from oneformer.training.validate import make_results_dir, validate_training
 
 log = logging.getLogger(__name__)
@@ -42,17 +46,46 @@ def training_settings(seed: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+CALLBACK_STATE = ".ddp-callbacks.json"  # rank 0's callback states, handed back to the launching process
+
+
 def train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None = None,
           logger: pl.loggers.Logger | bool = False) -> dict:
-    """Train (or resume) and return the train folder, the best checkpoint entry and the index."""
+    """Train (or resume) and return the train folder, the best checkpoint entry and the index. With more than one
+    process per node (GPUs, or train.num_processes on CPU) the data is validated here, once, then DDP processes are
+    spawned (oneformer.training.launch); the callbacks' state comes back from rank 0 (their `state_dict`)."""
+    nprocs = local_processes(spec.train)
+    if nprocs == 1 or in_spawned_process():
+        with training_settings(spec.train.seed):
+            return _train(spec, callbacks, logger, deep=spec.train.verify_data == "decode")
+    validate_training(spec, deep=spec.train.verify_data == "decode")
+    train_dir = make_results_dir(spec, "train")
+    (train_dir / CALLBACK_STATE).unlink(missing_ok=True)
+    run_processes(_ddp_process, (spec, callbacks, logger), nprocs, spec.train.num_nodes, train_dir)
+    if (state_file := train_dir / CALLBACK_STATE).is_file():
+        states = json.loads(state_file.read_text())
+        state_file.unlink()
+        for n, callback in enumerate(callbacks or []):
+            if str(n) in states:
+                callback.load_state_dict(states[str(n)])
+    entries = read_index(train_dir)
+    return {"train_dir": str(train_dir), "best": best_entry(entries), "checkpoints": entries}
+
+
+def _ddp_process(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl.loggers.Logger | bool) -> None:
+    """One DDP process: the launcher validated the data (every file decoded once); this one reads headers."""
     with training_settings(spec.train.seed):
-        return _train(spec, callbacks, logger)
+        result = _train(spec, callbacks, logger, deep=False)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(Path(result["train_dir"]) / CALLBACK_STATE,
+                   {str(n): c.state_dict() for n, c in enumerate(callbacks or [])})
 
 
-def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl.loggers.Logger | bool) -> dict:
+def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl.loggers.Logger | bool,
+           deep: bool) -> dict:
     # Everything read is validated first (the same function as `oneformer check`), so a broken file fails here in
     # seconds; nothing is written before the data, the resume point and the pretrained weights have been read.
-    inputs = validate_training(spec, deep=spec.train.verify_data == "decode")
+    inputs = validate_training(spec, deep=deep)
     labels = inputs.labels
     config = hf_config(spec.model, labels.names)
     text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)

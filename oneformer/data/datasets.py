@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Record, labels_from_annotations, load_target, read_image, read_split, stage_input
@@ -161,17 +161,28 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_records, self.val_records = splits if splits is not None else read_splits(spec, labels)
         self.divisor = spec.model.one_former.size_divisibility
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process in a DDP run; (0, 1) alone."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         split = self.spec.dataset.train
         data = TrainDataset(self.train_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor)
-        return DataLoader(data, batch_size=split.batch_size, shuffle=True, num_workers=split.num_workers,
-                          collate_fn=collate, drop_last=len(data) > split.batch_size,
-                          persistent_workers=split.num_workers > 0)
+        rank, world = self._shard()
+        sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.spec.train.seed) if world > 1 \
+            else None
+        return DataLoader(data, batch_size=split.batch_size, shuffle=sampler is None, sampler=sampler,
+                          num_workers=split.num_workers, collate_fn=collate,
+                          drop_last=len(data) // world > split.batch_size, persistent_workers=split.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_records:
             return []
         split = self.spec.dataset.val
         data = EvalDataset(self.val_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor)
-        return DataLoader(data, batch_size=split.batch_size, num_workers=split.num_workers, collate_fn=collate,
-                          persistent_workers=split.num_workers > 0)
+        rank, world = self._shard()
+        # every image on exactly one process (torch's DistributedSampler pads with repeats, which the gathered
+        # confusion matrix would count twice)
+        return DataLoader(data, batch_size=split.batch_size, sampler=list(range(rank, len(data), world)),
+                          num_workers=split.num_workers, collate_fn=collate, persistent_workers=split.num_workers > 0)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from oneformer.artifacts import StatusWriter, link
 from oneformer.model.checkpoint import LATEST, NAME, read_index, write_index
 
-KPIS = ("mIoU", "val_loss", "train_loss")
+KPIS = ("mIoU", "val_loss", "train_loss", "val_images")
 
 
 def _metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -40,12 +40,26 @@ class EpochCheckpoint(pl.Callback):
             link(self.dir / LATEST, path.name)
 
 
+class _RankZeroWriter:
+    """A StatusWriter that writes from the DDP process of global rank 0 only (one status.json, as TAO's)."""
+
+    def __init__(self, writer: StatusWriter) -> None:
+        self.writer, self.trainer = writer, None
+
+    def write(self, status: str, message: str, **fields: object) -> None:
+        if self.trainer is None or self.trainer.is_global_zero:
+            self.writer.write(status, message, **fields)
+
+
 class StatusCallback(pl.Callback):
     """status.json lines as TAO writes them: STARTED, RUNNING per epoch with KPIs, SUCCESS or FAILURE."""
 
     def __init__(self, writer: StatusWriter) -> None:
-        self.writer = writer
+        self.writer = _RankZeroWriter(writer)
         self.t0 = self.t_epoch = time.monotonic()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.writer.trainer = trainer
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t0 = time.monotonic()

@@ -45,6 +45,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.confusion = ConfusionMatrix(self.labels.num_classes, self.spec.dataset.ignore_value)
+        self.val_images, self.val_loss_sum = 0, 0.0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.net(
@@ -53,7 +54,8 @@ class SegmentationModule(pl.LightningModule):
             mask_labels=batch["mask_labels"],
             class_labels=batch["class_labels"],
         )
-        self.log("val_loss", out.loss, batch_size=len(batch["class_labels"]))
+        self.val_images += len(batch["index"])
+        self.val_loss_sum += float(out.loss) * len(batch["index"])
         input_hw = tuple(batch["pixel_values"].shape[-2:])
         for i in range(len(batch["index"])):  # the same semantic path as evaluate and every exported model
             scores = semantic_scores(out.class_queries_logits[i], out.masks_queries_logits[i]).cpu()
@@ -62,10 +64,18 @@ class SegmentationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         mat = torch.as_tensor(self.confusion.mat, device=self.device)
-        if self.trainer.world_size > 1:
-            mat = self.all_gather(mat).sum(0)
+        totals = torch.tensor([getattr(self, "val_images", 0), getattr(self, "val_loss_sum", 0.0)],
+                              dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:  # each image was scored on one process: the sums are the whole split's
+            # (gathered here, once per epoch on every process, even one that had no batch: a per-step
+            # sync_dist would leave such a process out and hang the others)
+            mat, totals = self.all_gather(mat).sum(0), self.all_gather(totals).sum(0)
         self.confusion.mat = mat.cpu().numpy()
+        seen = float(totals[0])
         self.log("mIoU", self.confusion.summary()["mIoU"], prog_bar=True, sync_dist=False)
+        self.log("val_images", seen, sync_dist=False)
+        if seen:
+            self.log("val_loss", float(totals[1]) / seen, sync_dist=False)
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's return shape

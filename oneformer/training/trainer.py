@@ -17,15 +17,22 @@ from oneformer.training.callbacks import EpochCheckpoint, StatusCallback
 log = logging.getLogger(__name__)
 
 
-def devices(cfg: TrainConfig) -> tuple[str, int | list[int]]:
-    """Accelerator and devices; TAO's rule: when num_gpus and gpu_ids disagree, the larger wins."""
+def devices(cfg: TrainConfig, quiet: bool = False) -> tuple[str, int | list[int]]:
+    """Accelerator and devices; TAO's rule: when num_gpus and gpu_ids disagree, the larger wins. On CPU,
+    train.num_processes processes."""
     if cfg.num_gpus == 0 or not torch.cuda.is_available():
-        if cfg.num_gpus > 0:
+        if cfg.num_gpus > 0 and not quiet:
             log.warning("no CUDA device: training on CPU (train.num_gpus=%d ignored)", cfg.num_gpus)
-        return "cpu", 1
+        return "cpu", cfg.num_processes
     if len(cfg.gpu_ids) >= cfg.num_gpus:
         return "gpu", list(cfg.gpu_ids)
     return "gpu", cfg.num_gpus
+
+
+def local_processes(cfg: TrainConfig) -> int:
+    """Training processes on this node: one per GPU, or train.num_processes on CPU."""
+    devs = devices(cfg, quiet=True)[1]
+    return len(devs) if isinstance(devs, list) else devs
 
 
 class SafeCheckpointIO(pl.plugins.TorchCheckpointIO):
@@ -48,8 +55,9 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
     accelerator, devs = devices(cfg)
     many = (len(devs) if isinstance(devs, list) else devs) > 1 or cfg.num_nodes > 1
     strategy: str | pl.strategies.Strategy = "auto"
-    if many:
-        strategy = pl.strategies.DDPStrategy(find_unused_parameters=True, gradient_as_bucket_view=True)
+    if many:  # gloo on CPU; the processes are ours (oneformer.training.launch), Lightning joins them
+        strategy = pl.strategies.DDPStrategy(find_unused_parameters=True, gradient_as_bucket_view=True,
+                                             process_group_backend="gloo" if accelerator == "cpu" else None)
     status = StatusWriter(train_dir)
     return pl.Trainer(
         accelerator=accelerator,
@@ -57,6 +65,7 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         sync_batchnorm=many,
+        use_distributed_sampler=False,  # the data module shards itself: validation without padded duplicates
         precision=cfg.precision,
         max_epochs=max_epochs or cfg.num_epochs,
         limit_train_batches=cfg.iters_per_epoch or 1.0,
