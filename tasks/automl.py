@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -295,25 +296,32 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
                 study.study_name, shown(storage_url(spec)), len(study.trials), len(mine), max(remaining, 0),
                 ", ".join(space))
     t0 = time.monotonic()
-    while remaining > 0:
-        if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
-            logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
+    timeout = spec.automl.trial_timeout
+    running: dict[PrefectFuture, optuna.Trial] = {}
+    done = 0
+    # a rolling pool: a new trial starts as soon as one ends (no batch waits for its slowest trial)
+    while remaining > 0 or running:
+        while remaining > 0 and len(running) < spec.automl.n_jobs:
+            if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
+                logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
+                remaining = 0
+                break
+            t = ask_new(study, space, run_key)
+            running[run_trial.with_options(timeout_seconds=timeout).submit(
+                study, storage, t, t.number, trial_label(t.params), spec, tracking_uri, experiment, parent_run)] = t
+            remaining -= 1
+        if not running:
             break
-        batch = [ask_new(study, space, run_key) for _ in range(min(spec.automl.n_jobs, remaining))]
-        timeout = spec.automl.trial_timeout
-        futures = [run_trial.with_options(timeout_seconds=timeout).submit(
-            study, storage, t, t.number, trial_label(t.params), spec, tracking_uri, experiment, parent_run)
-            for t in batch]
-        for t, f in zip(batch, futures):
-            f.wait()
-            if not f.state.is_completed():  # timed out or crashed: the trial never told the study
-                logger.warning("trial %d ended %s: %s", t.number, f.state.name, f.state.message)
-                if storage.get_trial(t._trial_id).state == TrialState.RUNNING:
-                    t.set_user_attr("error", f"{f.state.name}: {f.state.message}"[:1000])
-                    study.tell(t, state=TrialState.FAIL)
-        remaining -= len(batch)
+        finished = next(as_completed(list(running)))
+        t = running.pop(finished)
+        if not finished.state.is_completed():  # timed out or crashed: the trial never told the study
+            logger.warning("trial %d ended %s: %s", t.number, finished.state.name, finished.state.message)
+            if storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                t.set_user_attr("error", f"{finished.state.name}: {finished.state.message}"[:1000])
+                study.tell(t, state=TrialState.FAIL)
+        done += 1
         if progress:
-            progress(spec.automl.n_trials - remaining, spec.automl.n_trials, study_rows(study))
+            progress(len(mine) + done, spec.automl.n_trials, study_rows(study))
     return study
 
 

@@ -174,3 +174,20 @@ def test_a_trial_failed_by_the_stale_heartbeat_check_is_retried_once(tmp_path: P
     study.tell(retry, 0.5)
     assert retry_interrupted(study, storage, "night-1") == []  # once
     assert study_rows(study)[0]["note"] == "interrupted"
+
+
+def test_a_new_trial_starts_as_soon_as_one_ends(prefect_api, small_synth: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """n_jobs=2 is a rolling pool, not batches: with a long trial and a short one running, the third trial starts
+    when the short one ends, while the long one is still training."""
+    overrides = {"results_dir": str(tmp_path), "automl.n_trials": 3, "automl.n_jobs": 2, "automl.pruner": "none",
+                 "automl.sampler": "random", "automl.study_name": "rolling",
+                 "automl.search_space": {"train.num_epochs": {"choices": [1, 5]}}}
+    spec = load_spec(small_synth, overrides)
+    study = open_study(spec, study_name(spec, "k"), rdb_storage(spec))
+    for epochs in (5, 1, 1):  # trial 0 long, trials 1 and 2 short
+        study.enqueue_trial({"train.num_epochs": epochs})
+    trials = study_flow(spec, f"sqlite:///{tmp_path}/mlflow.db")
+    assert [(t["number"], t["state"], t["attrs"]["epochs"]) for t in trials] == \
+        [(0, "COMPLETE", 5), (1, "COMPLETE", 1), (2, "COMPLETE", 1)]
+    timed = {t.number: t for t in open_study(spec, study_name(spec, "k"), rdb_storage(spec)).trials}
+    assert timed[1].datetime_complete <= timed[2].datetime_start < timed[0].datetime_complete
