@@ -417,7 +417,7 @@ class AutoMLConfig(Section):
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = Field(
         "median", description="Early stopping on per-epoch validation mIoU; successive_halving met the pruning "
                               "goal in benchmarks/automl.py")
-    n_jobs: int = Field(1, gt=0, description="Trials run in parallel")
+    n_jobs: int = Field(1, gt=0, description="Trials run in parallel; a new one starts as soon as one ends")
     storage: str | None = Field(None, description="SQLAlchemy URL; default SQLite in results_dir")
     study_name: str | None = Field(None, description="Optuna study to create or continue; default model_name")
     search_space: dict[str, dict[str, Any]] = Field(
