@@ -26,9 +26,12 @@ def evaluate(spec: ExperimentSpec) -> dict:
     status = StatusWriter(out_dir)
     cfg = spec.evaluate
 
+    begun: list[bool] = []  # set once validation passed and the folder exists
+
     def started(n_images: int) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         status.write("STARTED", f"Evaluation of {source} on {n_images} images")
+        begun.append(True)
 
     if cfg.predictions:
         model: PredictionFiles | Predictor = PredictionFiles(cfg.predictions, read_labels(spec), cfg.semantic_ids,
@@ -40,7 +43,7 @@ def evaluate(spec: ExperimentSpec) -> dict:
     try:
         scorer = score(model, spec, on_start=started)
     except Exception as exc:
-        if status.path.exists():  # it failed while scoring, not in validation
+        if begun:  # it failed while scoring, not in validation (an earlier run's status.json is not this one's)
             status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise
     metrics = scorer.result()
