@@ -418,6 +418,10 @@ class AutoMLConfig(Section):
         "median", description="Early stopping on per-epoch validation mIoU; successive_halving met the pruning "
                               "goal in benchmarks/automl.py")
     n_jobs: int = Field(1, gt=0, description="Trials run in parallel; a new one starts as soon as one ends")
+    trial_deployment: str | None = Field(
+        None, pattern=r"^oneformer-trial/[^/]+$",
+        description="Prefect deployment each trial runs as (oneformer-trial/<name>, see prefect.yaml), so n_jobs "
+                    "trials spread over every worker of its pool; empty: trials run inside this flow run's process")
     storage: str | None = Field(None, description="SQLAlchemy URL; default SQLite in results_dir")
     study_name: str | None = Field(None, description="Optuna study to create or continue; default model_name")
     search_space: dict[str, dict[str, Any]] = Field(

@@ -16,16 +16,16 @@ import optuna
 from optuna.trial import TrialState
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, as_completed
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from oneformer.model.checkpoint import keep_best_and_latest
-from oneformer.spec import ExperimentSpec, with_values
+from oneformer.spec import ExperimentSpec, public_dict, with_values
 from tasks import tracking
 from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
+from tasks.trial_runs import DeployedTrials, LocalTrials
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
@@ -295,34 +295,66 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
     logger.info("study %r in %s: %d trials in all, %d finished by this run, %d to run; searching %s",
                 study.study_name, shown(storage_url(spec)), len(study.trials), len(mine), max(remaining, 0),
                 ", ".join(space))
+    pool = trial_pool(spec, study, storage, tracking_uri, experiment, parent_run)
     t0 = time.monotonic()
-    timeout = spec.automl.trial_timeout
-    running: dict[PrefectFuture, optuna.Trial] = {}
     done = 0
     # a rolling pool: a new trial starts as soon as one ends (no batch waits for its slowest trial)
-    while remaining > 0 or running:
-        while remaining > 0 and len(running) < spec.automl.n_jobs:
+    while remaining > 0 or pool.running:
+        while remaining > 0 and len(pool.running) < spec.automl.n_jobs:
             if spec.automl.timeout and time.monotonic() - t0 > spec.automl.timeout:
                 logger.info("automl.timeout (%ss) reached with %d trials left", spec.automl.timeout, remaining)
                 remaining = 0
                 break
-            t = ask_new(study, space, run_key)
-            running[run_trial.with_options(timeout_seconds=timeout).submit(
-                study, storage, t, t.number, trial_label(t.params), spec, tracking_uri, experiment, parent_run)] = t
+            pool.start(ask_new(study, space, run_key))
             remaining -= 1
-        if not running:
+        if not pool.running:
             break
-        finished = next(as_completed(list(running)))
-        t = running.pop(finished)
-        if not finished.state.is_completed():  # timed out or crashed: the trial never told the study
-            logger.warning("trial %d ended %s: %s", t.number, finished.state.name, finished.state.message)
+        t, why = pool.wait()
+        if why:  # timed out, crashed or cancelled: the trial may never have told the study
+            logger.warning("trial %d ended without a result: %s", t.number, why)
             if storage.get_trial(t._trial_id).state == TrialState.RUNNING:
-                t.set_user_attr("error", f"{finished.state.name}: {finished.state.message}"[:1000])
+                t.set_user_attr("error", why[:1000])
                 study.tell(t, state=TrialState.FAIL)
         done += 1
         if progress:
             progress(len(mine) + done, spec.automl.n_trials, study_rows(study))
     return study
+
+
+def trial_pool(spec: ExperimentSpec, study: optuna.Study, storage: optuna.storages.RDBStorage, tracking_uri: str,
+               experiment: str, parent_run: str) -> LocalTrials | DeployedTrials:
+    """Where this study's trials run: task runs in this process, or flow runs of automl.trial_deployment."""
+    if spec.automl.trial_deployment:
+        for what, url in (("automl.storage", storage_url(spec)), ("the MLflow tracking URI", tracking_uri)):
+            if url.startswith(("sqlite:", "file:")) or "://" not in url:
+                get_run_logger().warning(
+                    "%s is %s, a file on this machine: workers of %s on other machines cannot reach it (use a "
+                    "PostgreSQL study and an MLflow server for those)", what, shown(url), spec.automl.trial_deployment)
+        return DeployedTrials(spec, study, storage, lambda t: {
+            "spec": public_dict(spec), "study": study.study_name, "trial_id": t._trial_id, "number": t.number,
+            "label": trial_label(t.params), "tracking_uri": tracking_uri, "experiment": experiment,
+            "parent_run": parent_run})
+    task = run_trial.with_options(timeout_seconds=spec.automl.trial_timeout)
+    return LocalTrials(lambda t: task.submit(study, storage, t, t.number, trial_label(t.params), spec, tracking_uri,
+                                             experiment, parent_run))
+
+
+def attach(spec: ExperimentSpec, name: str, trial_id: int) -> tuple[optuna.Study, optuna.storages.RDBStorage,
+                                                                     optuna.Trial]:
+    """The study and a trial the study flow asked for, reopened in a trial's own flow run (another process or
+    machine): reports, pruning decisions and the result go to the same study."""
+    storage = rdb_storage(spec)
+    try:
+        with heartbeat_warnings_off():
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner(spec))
+    except KeyError:
+        raise RuntimeError(f"no Optuna study {name!r} in {shown(storage_url(spec))}: the trial's flow run must "
+                           f"reach the study flow's automl.storage") from None
+    trial = optuna.Trial(study, trial_id)
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        raise RuntimeError(f"trial {trial.number} of study {name!r} is {storage.get_trial(trial_id).state.name}, not "
+                           f"running: it was told already (a flow run started twice?); not trained again")
+    return study, storage, trial
 
 
 def study_rows(study: optuna.Study) -> list[dict]:

@@ -36,7 +36,7 @@ def test_prefect_yaml_deploys_every_flow_and_the_nightly_schedule() -> None:
     for flow_file, func in [e.split(":") for e in entry.values()]:
         assert f"def {func}(" in (ROOT / flow_file).read_text()
     assert {"nightly", "on-demand", "train", "evaluate", "inference", "export", "quantize",
-            "gen-trt-engine"} == set(entry)
+            "gen-trt-engine", "trial"} == set(entry)
     nightly = next(d for d in config["deployments"] if d["name"] == "nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy

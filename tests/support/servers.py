@@ -1,13 +1,18 @@
-"""Real servers for tests, started on 127.0.0.1 and stopped by whoever starts them: S3 (moto), PostgreSQL, ports."""
+"""Real servers for tests and benchmarks, started on 127.0.0.1 and stopped by whoever starts them: S3 (moto),
+PostgreSQL, MLflow, a Prefect server and its workers, free ports."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,10 +98,6 @@ def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] 
     """`mlflow <args> --host 127.0.0.1 --port <free>` (a tracking server or `models serve`), up once `health`
     answers; yields its URL and stops it. MLflow execs `uvicorn` from PATH: the venv's bin goes first, as an
     activated venv has it."""
-    import sys
-    import time
-    import urllib.request
-
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     with log.open("w") as out:
@@ -119,3 +120,73 @@ def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] 
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGINT twice (a worker ignores SIGTERM while it waits), then kill."""
+    for _ in range(2):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def wait_healthy(api: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Until the Prefect API at `api` answers /health (or its server exits)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(api + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"prefect server at {api} not healthy after {timeout}s")
+
+
+@contextmanager
+def prefect_server(root: Path, env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its own SQLite database and home under `root` (its log in
+    root/logs); yields the environment that points the CLI, flows and workers at it."""
+    port = free_port()
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **(env or {}), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_HOME": str(root / "prefect"),
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(env["PREFECT_API_URL"], server)
+        yield env
+    finally:
+        stop(server)
+
+
+@contextmanager
+def prefect_workers(pool: str, names: list[str], env: dict[str, str], cwd: Path, logs: Path,
+                    limit: int | None = None) -> Iterator[list[subprocess.Popen]]:
+    """One `prefect worker start --pool <pool>` per name (each taking at most `limit` flow runs at once), logging to
+    logs/<name>.log; stopped at the end."""
+    workers = []
+    try:
+        for name in names:
+            cmd = [PREFECT, "worker", "start", "--pool", pool, "--name", name,
+                   *(["--limit", str(limit)] if limit else [])]
+            workers.append(subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(logs / f"{name}.log", "w"),
+                                            stderr=subprocess.STDOUT))
+        yield workers
+    finally:
+        for worker in workers:
+            stop(worker)

@@ -1,0 +1,55 @@
+"""oneformer-trial: one AutoML trial of a study flow, as its own flow run, so a study's trials spread over every
+worker of the trial deployment's pool (automl.trial_deployment); the study flow launches and watches them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import flow, runtime
+from pydantic import Field
+
+from oneformer.errors import OneFormerError, SpecError
+from oneformer.spec import build_spec
+from tasks.actions import check_data
+from tasks.automl import attach, run_trial
+
+
+def worker_name() -> str:
+    """The Prefect worker that runs this flow run (the worker sets it in the run's environment), else the host."""
+    return os.environ.get("PREFECT__WORKER_NAME") or socket.gethostname()
+
+
+@flow(name="oneformer-trial", log_prints=True)
+def trial(
+    spec: Annotated[dict[str, Any], Field(description="The study flow's resolved spec (data staged, secrets out)")],
+    study: Annotated[str, Field(description="Optuna study name, in the spec's automl.storage")],
+    trial_id: Annotated[int, Field(description="The trial the study flow asked for (Optuna's trial id)")],
+    number: Annotated[int, Field(description="The trial's number in its study")],
+    label: Annotated[str, Field(description="The trial's values, for names")],
+    tracking_uri: Annotated[str, Field(description="MLflow tracking URI of the study flow")],
+    experiment: Annotated[str, Field(description="MLflow experiment id")],
+    parent_run: Annotated[str, Field(description="The study flow's MLflow run; the trial's run nests under it")],
+) -> dict:
+    """Train the trial on this worker and tell the study; a failed trial is recorded in the study, not raised."""
+    s = build_spec(spec, f"spec of trial {number}")
+    where = f"worker {worker_name()!r} on host {socket.gethostname()!r}"
+    if not Path(s.results_dir).is_dir():
+        raise SpecError([f"results_dir {s.results_dir} does not exist on {where}: a trial run by a deployment writes "
+                        f"its checkpoints there and the study flow reads them back, so every worker of the pool must "
+                        f"mount the study flow's results folder at the same path (NFS, a Kubernetes "
+                        f"PersistentVolume)"])
+    try:
+        check_data(s, "train")
+    except OneFormerError as exc:
+        hint = (f"on {where}: a trial reads the data where the study flow staged it, so ONEFORMER_CACHE, or the data "
+                f"itself, must be on storage every worker mounts")
+        raise (SpecError([*exc.problems, hint]) if isinstance(exc, SpecError) else
+               type(exc)(f"{exc} ({hint})")) from None
+    opened, storage, t = attach(s, study, trial_id)
+    t.set_user_attr("worker", worker_name())
+    t.set_user_attr("prefect_flow_run", str(runtime.flow_run.id or ""))
+    return run_trial.with_options(timeout_seconds=s.automl.trial_timeout)(
+        opened, storage, t, number, label, s, tracking_uri, experiment, parent_run)
