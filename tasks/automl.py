@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from oneformer.model.checkpoint import keep_best_and_latest
 from oneformer.spec import ExperimentSpec, public_dict, with_values
 from tasks import tracking
+from tasks.heartbeats import HEARTBEAT_S, Heartbeat, heartbeat_warnings_off
 from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
@@ -29,17 +27,6 @@ from tasks.trial_runs import DeployedTrials, LocalTrials
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
-HEARTBEAT_S = 30
-
-
-@contextmanager
-def heartbeat_warnings_off() -> Iterator[None]:
-    """Silence, for the calls inside only, Optuna's warnings that heartbeats are experimental and meant for
-    Study.optimize: ask-and-tell trials here record their own heartbeats (see Heartbeat), on purpose."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        yield
 
 
 def storage_url(spec: ExperimentSpec) -> str:
@@ -185,27 +172,6 @@ def ask_new(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistr
     return trial  # a space too small to avoid repeats: train it rather than loop
 
 
-class Heartbeat:
-    """Record a trial's heartbeat while it trains, so a resumed study can tell dead trials from live ones."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
-        # Optuna runs heartbeats only inside study.optimize; ask-and-tell trials need their own.
-        self.storage, self.trial_id, self.stop = storage, trial._trial_id, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self) -> Heartbeat:
-        self.storage.record_heartbeat(self.trial_id)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-
-
 @task(name="automl-trial", task_run_name="trial {number}: {label}", cache_policy=NO_CACHE)
 def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, number: int,
               label: str, spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_run: str) -> dict:
@@ -325,6 +291,7 @@ def trial_pool(spec: ExperimentSpec, study: optuna.Study, storage: optuna.storag
                experiment: str, parent_run: str) -> LocalTrials | DeployedTrials:
     """Where this study's trials run: task runs in this process, or flow runs of automl.trial_deployment."""
     if spec.automl.trial_deployment:
+        Path(spec.results_dir).mkdir(parents=True, exist_ok=True)  # trials on workers check that they see it
         for what, url in (("automl.storage", storage_url(spec)), ("the MLflow tracking URI", tracking_uri)):
             if url.startswith(("sqlite:", "file:")) or "://" not in url:
                 get_run_logger().warning(

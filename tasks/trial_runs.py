@@ -23,6 +23,7 @@ from prefect.states import Cancelling
 from oneformer.errors import SpecError
 from oneformer.secrets import redact
 from oneformer.spec import ExperimentSpec, flatten
+from tasks.heartbeats import heartbeat_warnings_off
 
 POLL_S = 2.0  # how often the study flow looks at its trials' flow runs
 WAIT_WARN_S = 60.0  # a trial still waiting for a worker after this long is worth a log line
@@ -84,7 +85,8 @@ class DeployedTrials:
         while True:
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(self.running))))
-                optuna.storages.fail_stale_trials(self.study)  # a dead machine's trial has a stale heartbeat
+                with heartbeat_warnings_off():  # a dead machine's trial has a stale heartbeat
+                    optuna.storages.fail_stale_trials(self.study)
                 for run in runs:
                     if ended := self._ended(client, run):
                         return ended

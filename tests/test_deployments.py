@@ -80,8 +80,10 @@ def test_action_flows_take_the_flat_parameters_prefect_yaml_sets() -> None:
     assert set(deployments["train"]["parameters"]) == {"spec", "results_dir", "sources"}
 
 
-CONTAINER_POOLS = [("nightly-docker", "docker.json", "prefect_docker.worker", "DockerWorker"),
-                   ("nightly-kubernetes", "kubernetes.json", "prefect_kubernetes.worker", "KubernetesWorker")]
+CONTAINER_POOLS = [(f"{kind}-docker", "docker.json", "prefect_docker.worker", "DockerWorker") for kind in
+                   ("nightly", "trial")] + \
+                  [(f"{kind}-kubernetes", "kubernetes.json", "prefect_kubernetes.worker", "KubernetesWorker")
+                   for kind in ("nightly", "trial")]
 
 
 @pytest.mark.parametrize(("name", "pool", "module", "worker"), CONTAINER_POOLS)
@@ -97,7 +99,8 @@ def test_container_deployment_renders_on_its_work_pool(name: str, pool: str, mod
 
     config = yaml.safe_load((ROOT / "deployments" / "containers.yaml").read_text())
     deployment = next(d for d in config["deployments"] if d["name"] == name)
-    assert "def pipeline(" in (ROOT / deployment["entrypoint"].split(":")[0]).read_text()
+    flow_file, func = deployment["entrypoint"].split(":")
+    assert f"def {func}(" in (ROOT / flow_file).read_text()
     (build,) = deployment["build"]
     step = build["prefect_docker.deployments.steps.build_docker_image"]
     dockerfile = (ROOT / step["dockerfile"]).read_text()
