@@ -23,7 +23,7 @@ from tasks.heartbeats import HEARTBEAT_S, Heartbeat, heartbeat_warnings_off
 from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
 from tasks.training import PruneOnPlateau, run_training
-from tasks.trial_runs import DeployedTrials, LocalTrials
+from tasks.trial_runs import DeployedTrials, LocalTrials, still_running
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
@@ -133,13 +133,16 @@ def was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
 def retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage, run_key: str) -> list[int]:
     """Trials a killed process left behind (still RUNNING, or failed by Optuna's stale-heartbeat check) are marked
     interrupted; those of this run are enqueued again with their parameters, to resume from their own folder's
-    latest checkpoint. Called before this run starts a trial, under the study's lock: no live trial is touched."""
+    latest checkpoint. Called before this run starts a trial, under the study's lock: no live trial is touched (a
+    deployed trial whose flow run still runs on its worker is left to finish and tell the study)."""
     retried_before = {t.user_attrs.get("retry_of") for t in study.trials}
     out = []
     for t in study.get_trials(deepcopy=False):
         left = t.state == TrialState.RUNNING or was_interrupted(t)
         if not left or t.number in retried_before:
             continue
+        if t.state == TrialState.RUNNING and still_running(t.user_attrs.get("prefect_flow_run", "")):
+            continue  # a trial deployment's flow run outlived a killed study flow: it will tell the study itself
         if t.state == TrialState.RUNNING:  # marked, then failed: Optuna refuses to write a finished trial
             storage.set_trial_user_attr(t._trial_id, "error", f"{INTERRUPTED}: its process died before it finished")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -118,6 +118,18 @@ class DeployedTrials:
         return launched.trial, why
 
 
+def still_running(flow_run_id: str) -> bool:
+    """Whether a trial's flow run (on a worker, outliving the study flow that launched it) has not ended yet."""
+    if not flow_run_id or not PREFECT_API_URL.value():
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        except (ObjectNotFound, ValueError):
+            return False
+    return state is not None and not state.is_final()
+
+
 def reachable(name: str) -> str:
     """The work pool of deployment `name` on the Prefect API; a clear error when there is no API or no such
     deployment."""

@@ -36,3 +36,24 @@ def test_a_spec_with_a_password_is_not_handed_to_trial_flow_runs(small_synth: Pa
 def test_only_trial_deployments_are_accepted(small_synth: Path) -> None:
     with pytest.raises(SpecError, match="automl.trial_deployment"):
         load_spec(small_synth, {"automl.trial_deployment": "oneformer-pipeline/nightly"})
+
+
+def test_a_resumed_study_leaves_a_trial_flow_run_that_still_runs_alone(prefect_api: None) -> None:
+    """A killed pipeline's deployed trials go on on their workers; the resumed study must not fail and retry them."""
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running
+
+    from tasks.trial_runs import still_running
+
+    @flow(name="oneformer-trial")
+    def stand_in() -> None:
+        """A flow to hold flow runs in given states."""
+
+    with get_client(sync_client=True) as client:
+        running = client.create_flow_run(stand_in, state=Running())
+        done = client.create_flow_run(stand_in, state=Completed())
+    assert still_running(str(running.id))
+    assert not still_running(str(done.id)) and not still_running(str(uuid.uuid4())) and not still_running("")
