@@ -11,9 +11,9 @@ from typing import Annotated, Any
 from prefect import flow, runtime
 from pydantic import Field
 
-from oneformer.errors import OneFormerError, SpecError
-from oneformer.spec import build_spec
-from tasks.actions import check_data
+from oneformer.actions import TABLE
+from oneformer.errors import SpecError
+from oneformer.spec import build_spec, flatten
 from tasks.automl import attach, run_trial
 
 
@@ -41,13 +41,11 @@ def trial(
                         f"its checkpoints there and the study flow reads them back, so every worker of the pool must "
                         f"mount the study flow's results folder at the same path (NFS, a Kubernetes "
                         f"PersistentVolume)"])
-    try:
-        check_data(s, "train")
-    except OneFormerError as exc:
-        hint = (f"on {where}: a trial reads the data where the study flow staged it, so ONEFORMER_CACHE, or the data "
-                f"itself, must be on storage every worker mounts")
-        raise (SpecError([*exc.problems, hint]) if isinstance(exc, SpecError) else
-               type(exc)(f"{exc} ({hint})")) from None
+    values = flatten(s.model_dump(mode="json"))
+    if missing := [f"{i.key}: {values[i.key]}" for i in TABLE["train"].inputs
+                   if values.get(i.key) and not Path(values[i.key]).exists()]:  # the study flow checked the rest
+        raise SpecError([*missing, f"not found on {where}: a trial reads the data where the study flow staged it, "
+                                   f"so ONEFORMER_CACHE, or the data itself, must be on storage every worker mounts"])
     opened, storage, t = attach(s, study, trial_id)
     t.set_user_attr("worker", worker_name())
     t.set_user_attr("prefect_flow_run", str(runtime.flow_run.id or ""))

@@ -21,8 +21,8 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from oneformer.errors import SpecError
-from oneformer.secrets import redact
-from oneformer.spec import ExperimentSpec, flatten
+from oneformer.secrets import secrets_in
+from oneformer.spec import ExperimentSpec
 from tasks.heartbeats import heartbeat_warnings_off
 
 POLL_S = 2.0  # how often the study flow looks at its trials' flow runs
@@ -153,8 +153,7 @@ def reachable(name: str) -> str:
 
 def refuse_secrets_in(spec: ExperimentSpec) -> None:
     """A trial's flow run gets the spec as parameters, which Prefect stores: a spec holding a secret is refused."""
-    plain, public = flatten(spec.model_dump(mode="json")), flatten(redact(spec.model_dump(mode="json")))
-    if found := sorted(k for k in plain if plain[k] != public[k]):
+    if found := secrets_in(spec.model_dump(mode="json")):
         raise SpecError([f"{', '.join(found)} hold a secret, and automl.trial_deployment hands the spec to each trial "
                         f"as flow-run parameters (stored in Prefect's database): remove it from the spec and give it "
                         f"to the workers instead (PGPASSWORD or ~/.pgpass for a PostgreSQL study, the work pool's "

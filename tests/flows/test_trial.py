@@ -21,6 +21,13 @@ def test_a_worker_without_the_study_flows_results_folder_refuses_the_trial(small
               experiment="0", parent_run="r")
 
 
+def test_a_worker_that_does_not_see_the_staged_data_refuses_the_trial(small_synth: Path, tmp_path: Path) -> None:
+    spec = load_spec(small_synth, {"results_dir": str(tmp_path), "dataset.train.images": str(tmp_path / "cache/x")})
+    with pytest.raises(SpecError, match=r"dataset.train.images: .*cache/x\n.*not found on worker .*ONEFORMER_CACHE"):
+        trial(spec=public_dict(spec), study="s", trial_id=1, number=0, label="x", tracking_uri="sqlite:///x.db",
+              experiment="0", parent_run="r")
+
+
 def test_a_trial_told_already_is_not_trained_again(small_synth: Path, tmp_path: Path) -> None:
     spec = load_spec(small_synth, {"results_dir": str(tmp_path)})
     study = open_study(spec, "told", rdb_storage(spec))
