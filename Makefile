@@ -25,12 +25,12 @@ demo: install
 	  --calibration data/calibration
 
 test: install
-	$(PY) -m pytest -q -rs --durations=20
+	$(PY) -m pytest -q -rs --durations=20 -n auto --dist loadgroup
 
 # Fast tier (under 2 minutes on 2 cores): training steps, the actions and every predictor on a random-weights
 # checkpoint, staging against S3; the slow tier adds learning, the pipeline and a Prefect server + worker.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadgroup
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,13 +15,29 @@ from servers import moto, postgres, postgres_bin, s3_env
 os.environ.setdefault("ONEFORMER_CACHE", tempfile.mkdtemp(prefix="oneformer-test-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# under pytest-xdist the cores are shared by the workers: one worker's torch threads per share
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 LEARN_EPOCHS = 24
 
 
+def xdist_group(item: pytest.Item) -> str | None:
+    """The worker group of a test that shares an expensive fixture: every user of the trained model on one worker,
+    and a module with module-scoped fixtures (a pipeline run, a server and its workers) kept whole."""
+    if "trained" in item.fixturenames:
+        return "trained"
+    info = getattr(item, "_fixtureinfo", None)
+    if info and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+        return item.nodeid.split("::")[0]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests skip cleanly without CUDA."""
+    """`gpu` tests skip cleanly without CUDA; under `--dist loadgroup`, tests sharing a fixture share a worker."""
+    for item in items:
+        if (group := xdist_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -59,6 +59,18 @@ def stage_flow(action: str, sources: DataSources, block: str | None = None, spec
         return {"error": str(exc), "runs": runs}
 
 
+class RetryWatch(logging.Handler):
+    """Sets `event` when Prefect logs that a failed task run will be retried."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "will start" in record.getMessage() and "Retry" in record.getMessage():
+            self.event.set()
+
+
 @flow
 def parent_flow(parent: str, dest: str, block: str) -> str:
     """resolve_parent for an S3 parent, in a flow run as the action flows call it."""
@@ -73,13 +85,18 @@ def test_stage_retries_until_storage_is_back(prefect_api, s3, monkeypatch: pytes
     for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
                  "ONEFORMER_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
+    failed = threading.Event()  # the endpoint comes up once Prefect has scheduled a retry, however slow the start
+    retries = RetryWatch(failed)
+    logging.getLogger("prefect").addHandler(retries)
     with ExitStack() as stack:
-        later = threading.Timer(3.0, lambda: stack.enter_context(moto(port)))  # the endpoint is down for 3 s
+        later = threading.Thread(target=lambda: failed.wait(120) and stack.enter_context(moto(port)))
         later.start()
         try:
             out = stage_flow("quantize", DataSources(calibration="s3://data/d/calibration"))
         finally:
+            failed.set()
             later.join()
+            logging.getLogger("prefect").removeHandler(retries)
     staged = out["staged"]["dataset.quant_calibration_dataset.images_dir"]
     assert (Path(staged) / "a.jpg").read_bytes() == b"jpg"
     assert out["runs"] >= 2  # the first attempt met a dead endpoint and was retried

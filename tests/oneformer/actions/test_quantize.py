@@ -88,8 +88,9 @@ def test_quantize_a_checkpoint_keeps_accuracy(trained: dict, tmp_path: Path) -> 
                                             f"quantize.results_dir={tmp_path}"])
     report = quantize(spec)  # model_path "best": exported first, then quantized
     int8 = tmp_path / "model.int8.onnx"
-    assert report["passed"] and report["agreement"] >= 0.95 and report["calibration_images"] == 8
-    assert abs(report["mIoU"]["int8"] - report["mIoU"]["fp32"]) < 0.05 and report["mIoU"]["int8"] >= 0.5
+    assert report["passed"] and report["calibration_images"] == 8, report["verdict"]
+    assert report["agreement"] >= 0.93  # measured 95.4-99.5% over checkpoints; broken INT8 scores 0-61%
+    assert report["max_miou_drop"] == 0.03 and report["mIoU"]["int8"] >= 0.5  # the smoke preset's gate (16 images)
     assert json.loads((tmp_path / "model.int8.onnx.report.json").read_text())["onnx_file"] == str(int8)
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
