@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
@@ -79,8 +80,8 @@ def cached(task: Task, results: Path, action: str, model_params: tuple[str, ...]
     """`task` with its result persisted under <results>/.cache/stages and keyed on its inputs; a cached result whose
     files are gone or changed is computed again."""
     storage = (results / ".cache" / "stages").resolve()  # a Path: Prefect stores results there, no block to save
-    keyed = task.with_options(cache_key_fn=stage_key(action, model_params), persist_result=True,
-                              result_storage=storage)
+    keyed = task.with_options(cache_policy=CachePolicy.from_cache_key_fn(stage_key(action, model_params)),
+                              persist_result=True, result_storage=storage)  # a policy: the task's NO_CACHE replaced
 
     def run(**kwargs: Any) -> dict:
         result = keyed(**kwargs)

@@ -43,8 +43,9 @@ class LocalTrials:
     def wait(self) -> tuple[optuna.Trial, str | None]:
         """The next trial to end and, when it ended without telling the study (timed out, crashed), why."""
         finished = next(as_completed(list(self.running)))
-        trial = self.running.pop(finished)
-        return trial, None if finished.state.is_completed() else f"{finished.state.name}: {finished.state.message}"
+        finished.wait()  # the final state, kept by the future; `.state` before it reads the API, which may lag
+        trial, state = self.running.pop(finished), finished.state
+        return trial, None if state.is_completed() else f"{state.name}: {state.message}"
 
 
 @dataclass

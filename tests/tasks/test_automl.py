@@ -4,6 +4,7 @@ the study's life over many runs (new trials each run, a resumed run's own budget
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -176,9 +177,11 @@ def test_a_trial_failed_by_the_stale_heartbeat_check_is_retried_once(tmp_path: P
     assert study_rows(study)[0]["note"] == "interrupted"
 
 
-def test_a_new_trial_starts_as_soon_as_one_ends(prefect_api, small_synth: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_new_trial_starts_as_soon_as_one_ends(prefect_api, small_synth: Path, tmp_path: Path,  # noqa: ANN001
+                                                caplog: pytest.LogCaptureFixture) -> None:
     """n_jobs=2 is a rolling pool, not batches: with a long trial and a short one running, the third trial starts
     when the short one ends, while the long one is still training."""
+    caplog.set_level(logging.INFO)
     overrides = {"results_dir": str(tmp_path), "automl.n_trials": 3, "automl.n_jobs": 2, "automl.pruner": "none",
                  "automl.sampler": "random", "automl.study_name": "rolling",
                  "automl.search_space": {"train.num_epochs": {"choices": [1, 5]}}}
@@ -191,3 +194,4 @@ def test_a_new_trial_starts_as_soon_as_one_ends(prefect_api, small_synth: Path, 
         [(0, "COMPLETE", 5), (1, "COMPLETE", 1), (2, "COMPLETE", 1)]
     timed = {t.number: t for t in open_study(spec, study_name(spec, "k"), rdb_storage(spec)).trials}
     assert timed[1].datetime_complete <= timed[2].datetime_start < timed[0].datetime_complete
+    assert "ended without a result" not in caplog.text and "trial 2 COMPLETE" in caplog.text  # no false alarm
