@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_epochs=10")
     d = sub.add_parser("default_specs", help="write a commented spec template per action")
     d.add_argument("--action", action="append", choices=ACTIONS, help="action(s); all when omitted")
+    d.add_argument("-e", "--experiment_spec", help="a spec whose values the templates take (TAO style); "
+                   "default: the code's defaults")
     d.add_argument("-o", "--output", help="folder (default: <results_dir>/default_specs)")
     d.add_argument("overrides", nargs="*", help="results_dir=... (TAO style)")
     c = sub.add_parser("check", help="validate a spec and the data paths an action needs")
@@ -65,9 +67,11 @@ def run(argv: list[str]) -> int:
     if args.command == "default_specs":
         from oneformer.templates import write_templates
 
-        results_dir = dict(o.split("=", 1) for o in args.overrides if o.startswith("results_dir=")).get("results_dir")
+        base = load_spec(args.experiment_spec, args.overrides) if args.experiment_spec else None
+        results_dir = base.results_dir if base else dict(
+            o.split("=", 1) for o in args.overrides if o.startswith("results_dir=")).get("results_dir")
         out = args.output or os.path.join(results_dir or "/results", "default_specs")
-        for path in write_templates(out, args.action or list(ACTIONS), results_dir):
+        for path in write_templates(out, args.action or list(ACTIONS), results_dir, base, args.experiment_spec):
             print(path)
         return 0
     if args.command == "check":

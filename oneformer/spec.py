@@ -406,9 +406,19 @@ class GenTrtEngineConfig(Section):
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 
 
+# TAO's automl_algorithm names as an Optuna sampler + pruner; TAO's others have no Optuna equivalent here
+TAO_ALGORITHMS = {"bayesian": ("tpe", "none"), "asha": ("random", "successive_halving"),
+                  "hyperband": ("random", "hyperband"), "bohb": ("tpe", "hyperband")}
+TAO_NOT_OFFERED = ("bfbo", "dehb", "hyperband_es", "pbt")
+
+
 class AutoMLConfig(Section):
     """Hyper-parameter search with Optuna."""
 
+    automl_algorithm: str | None = Field(
+        None, description="TAO's algorithm name, as a sampler + pruner: bayesian = tpe + none, asha = random + "
+                          "successive_halving, hyperband = random + hyperband, bohb = tpe + hyperband; it replaces "
+                          "automl.sampler and automl.pruner (a warning names a replaced value)")
     n_trials: int = Field(4, gt=0)
     timeout: int | None = Field(None, gt=0, description="Seconds")
     trial_timeout: int | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
@@ -427,6 +437,28 @@ class AutoMLConfig(Section):
     search_space: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="key -> {min, max, scale} narrowing or extending the schema"
     )
+
+    @field_validator("automl_algorithm")
+    @classmethod
+    def _offered(cls, v: str | None) -> str | None:
+        if v is not None and v.strip().lower() not in TAO_ALGORITHMS:
+            why = "TAO's, with no Optuna equivalent here" if v.strip().lower() in TAO_NOT_OFFERED else "unknown"
+            raise ValueError(f"{v!r} is {why}: choose one of {', '.join(TAO_ALGORITHMS)}, or set automl.sampler "
+                             f"and automl.pruner yourself")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tao_algorithm(cls, data: Any) -> Any:
+        name = str(data.get("automl_algorithm") or "").strip().lower() if isinstance(data, dict) else ""
+        if name not in TAO_ALGORITHMS:
+            return data  # none, or one _offered refuses
+        chosen = dict(zip(("sampler", "pruner"), TAO_ALGORITHMS[name], strict=True))
+        for key, value in chosen.items():
+            if data.get(key, value) != value:
+                log.warning("automl.%s %r replaced by %r: automl.automl_algorithm=%s is sampler %s + pruner %s",
+                            key, data[key], value, name, *TAO_ALGORITHMS[name])
+        return {**data, "automl_algorithm": name, **chosen}
 
 
 class ExperimentSpec(Section):

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from oneformer.actions import ACTIONS, TABLE
 from oneformer.artifacts import write_text
-from oneformer.spec import ExperimentSpec
+from oneformer.spec import ExperimentSpec, public_dict
 
 COMMON = ("results_dir", "encryption_key", "model_name", "dataset", "model")  # sections every action reads
 
@@ -39,12 +39,15 @@ def _lines(model: BaseModel, indent: int) -> list[str]:
     return out
 
 
-def template(action: str, results_dir: str | None = None) -> str:
-    """A commented YAML spec holding the sections an action reads, with defaults."""
-    spec = ExperimentSpec()
+def template(action: str, results_dir: str | None = None, base: ExperimentSpec | None = None,
+             source: str | None = None) -> str:
+    """A commented YAML spec holding the sections an action reads: the defaults, or `base`'s values (secrets
+    masked) when a spec is given."""
+    spec = ExperimentSpec.model_validate(public_dict(base)) if base else ExperimentSpec()
     if results_dir:
         spec.results_dir = results_dir
-    lines = [f"# oneformer {action} spec: defaults from the code; edit and run `oneformer {action} -e THIS.yaml`"]
+    origin = f"values from {source}, defaults elsewhere" if base else "defaults from the code"
+    lines = [f"# oneformer {action} spec: {origin}; edit and run `oneformer {action} -e THIS.yaml`"]
     for name in sections(action):
         field = ExperimentSpec.model_fields[name]
         value = getattr(spec, name)
@@ -57,14 +60,15 @@ def template(action: str, results_dir: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_templates(out_dir: str | Path, actions: list[str], results_dir: str | None = None) -> list[Path]:
+def write_templates(out_dir: str | Path, actions: list[str], results_dir: str | None = None,
+                    base: ExperimentSpec | None = None, source: str | None = None) -> list[Path]:
     """One <action>.yaml per action."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for action in actions:
         p = out / f"{action}.yaml"
-        write_text(p, template(action, results_dir))
+        write_text(p, template(action, results_dir, base, source))
         paths.append(p)
     return paths
 

@@ -164,8 +164,12 @@ def ask_new(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistr
     seen = {json.dumps(t.params, sort_keys=True): t.number for t in study.trials if t.state in FINISHED and t.params
             and not was_interrupted(t)}  # a retry repeats its trial
     for _ in range(attempts):
-        with heartbeat_warnings_off():
-            trial = study.ask(space)
+        try:
+            with heartbeat_warnings_off():
+                trial = study.ask(space)
+        except (ImportError, ValueError, RuntimeError) as exc:  # a sampler's missing package or bad state
+            raise RuntimeError(f"automl.sampler ({type(study.sampler).__name__}) could not propose a trial: "
+                               f"{type(exc).__name__}: {exc}") from exc
         trial.set_user_attr("run_key", run_key)
         repeat = seen.get(json.dumps(trial.params, sort_keys=True))
         if repeat is None:

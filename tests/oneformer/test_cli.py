@@ -36,6 +36,16 @@ def test_default_specs_write_loadable_templates(tmp_path: Path) -> None:
         assert load_spec(tmp_path / f"{action}.yaml").results_dir == "/r"
 
 
+def test_default_specs_take_a_users_spec_with_e_as_every_verb_does(small_synth: Path, tmp_path: Path) -> None:
+    assert run(["default_specs", "-e", str(small_synth), "--action", "train", "train.num_epochs=7",
+                "encryption_key=tlt_encode", f"results_dir={tmp_path}"]) == 0
+    text = (tmp_path / "default_specs" / "train.yaml").read_text()  # <the spec's results_dir>/default_specs
+    assert f"values from {small_synth}" in text.splitlines()[0] and "tlt_encode" not in text  # secrets masked
+    spec = load_spec(tmp_path / "default_specs" / "train.yaml")
+    assert spec.train.num_epochs == 7 and spec.model.one_former.num_object_queries == 12  # the smoke model's
+    assert spec.dataset.label_map == load_spec(small_synth).dataset.label_map
+
+
 def test_check_lists_every_problem_and_exits_nonzero(small_synth: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     res = cli(capsys, "check", "-e", str(small_synth), "--action", "train",
