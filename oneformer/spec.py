@@ -417,8 +417,9 @@ class AutoMLConfig(Section):
 
     automl_algorithm: str | None = Field(
         None, description="TAO's algorithm name, as a sampler + pruner: bayesian = tpe + none, asha = random + "
-                          "successive_halving, hyperband = random + hyperband, bohb = tpe + hyperband; it replaces "
-                          "automl.sampler and automl.pruner (a warning names a replaced value)")
+                          "successive_halving, hyperband = random + hyperband, bohb = tpe + hyperband; read into "
+                          "automl.sampler and automl.pruner (a warning names a replaced value), which the written "
+                          "spec shows instead")
     n_trials: int = Field(4, gt=0)
     timeout: int | None = Field(None, gt=0, description="Seconds")
     trial_timeout: int | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
@@ -458,7 +459,8 @@ class AutoMLConfig(Section):
             if data.get(key, value) != value:
                 log.warning("automl.%s %r replaced by %r: automl.automl_algorithm=%s is sampler %s + pruner %s",
                             key, data[key], value, name, *TAO_ALGORITHMS[name])
-        return {**data, "automl_algorithm": name, **chosen}
+        log.info("automl.automl_algorithm=%s: sampler %s + pruner %s", name, *TAO_ALGORITHMS[name])
+        return {**data, "automl_algorithm": None, **chosen}  # read once: a later assignment is not re-mapped
 
 
 class ExperimentSpec(Section):

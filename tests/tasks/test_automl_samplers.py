@@ -58,8 +58,11 @@ def test_every_sampler_and_pruner_runs_a_study_in_the_search_space(sampler: str,
 def test_tao_algorithm_names_choose_the_optuna_sampler_and_pruner(algorithm: str, sampler: str, pruner: str,
                                                                   small_synth: Path) -> None:
     spec = load_spec(small_synth, {"automl.automl_algorithm": algorithm, "automl.pruner": "median"})
-    assert (spec.automl.automl_algorithm, spec.automl.sampler, spec.automl.pruner) == \
-        (algorithm.lower(), sampler, pruner)  # the algorithm wins over the preset's or the file's pruner
+    assert (spec.automl.sampler, spec.automl.pruner) == (sampler, pruner)  # over the preset's or file's pruner
+    assert spec.automl.automl_algorithm is None  # read into sampler and pruner, which the written spec shows
+    spec.automl.n_trials = 2
+    spec.automl.pruner = "median"  # an assignment afterwards is not mapped back
+    assert (spec.automl.sampler, spec.automl.pruner) == (sampler, "median")
     assert type(open_study(spec, "tao", optuna_memory())).__name__ == "Study"
 
 
