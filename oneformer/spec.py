@@ -351,7 +351,8 @@ class ExportConfig(Section):
     checkpoint: str = "best"
     onnx_file: str | None = None
     on_cpu: bool = True
-    opset_version: int = Field(17, ge=13)
+    opset_version: int = Field(17, ge=7, description="ONNX opset; below 16 (TAO documents 12) the export uses 16, "
+                                                     "the lowest that holds GridSample, with a note")
     input_channel: Literal[3] = 3
     input_width: int = Field(640, gt=0)
     input_height: int = Field(640, gt=0)

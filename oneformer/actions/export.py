@@ -27,6 +27,7 @@ from oneformer.spec import ExperimentSpec
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = {"logits": ["class_logits", "mask_logits"], "scores": ["scores"], "labels": ["labels"]}
+MIN_OPSET = 16  # GridSample (the pixel decoder's deformable attention) exists from opset 16
 
 
 class TaskGraph(torch.nn.Module):
@@ -155,6 +156,15 @@ def write_onnx(graph: TaskGraph, path: Path, size: tuple[int, int], batch: int, 
     onnx.save(model, str(path))
 
 
+def opset(requested: int) -> int:
+    """export.opset_version, raised to MIN_OPSET with a note: TAO's documented 12 cannot hold GridSample."""
+    if requested >= MIN_OPSET:
+        return requested
+    log.warning("export: export.opset_version %d raised to %d, the lowest opset that holds OneFormer's graph "
+                "(GridSample, in the pixel decoder's deformable attention, exists from opset 16)", requested, MIN_OPSET)
+    return MIN_OPSET
+
+
 def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agreement: float) -> dict:
     """Export one checkpoint to `out` (atomically) and return the parity report; the core of every export."""
     cfg = spec.export
@@ -169,17 +179,19 @@ def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agr
     graph = TaskGraph(torch_model.net, torch_model.text.task_ids[cfg.task], kind).eval()
     images = sample_images(spec, cfg.parity_images, "export's parity check")  # before tracing: a missing set fails fast
     t0 = time.monotonic()
+    version = opset(cfg.opset_version)
     with atomic_path(out) as tmp:  # the ONNX file appears only once it passed its parity check
         log.info("export: tracing %s for the %s task at %dx%d (batch %s, opset %d)", checkpoint, cfg.task, *size,
-                 "dynamic" if cfg.batch_size == -1 else cfg.batch_size, cfg.opset_version)
-        write_onnx(graph, tmp, size, cfg.batch_size, cfg.opset_version, info)
+                 "dynamic" if cfg.batch_size == -1 else cfg.batch_size, version)
+        write_onnx(graph, tmp, size, cfg.batch_size, version, info)
         session = OnnxPredictor(tmp)
         log.info("export: comparing PyTorch and ONNX Runtime on %d images", len(images))
         parity = compare(graph.outputs, lambda p: session(p, cfg.task), images, info)
         report = {"source": str(checkpoint), "source_sha256": info.source_sha256, "onnx_file": str(out),
                   "task": cfg.task, "output": kind, "input_size": list(size), "batch_size": cfg.batch_size,
-                  "opset_version": cfg.opset_version, **parity, "min_agreement": min_agreement,
-                  "passed": parity["agreement"] >= min_agreement, "seconds": round(time.monotonic() - t0, 2)}
+                  "opset_version": version, "opset_requested": cfg.opset_version, **parity,
+                  "min_agreement": min_agreement, "passed": parity["agreement"] >= min_agreement,
+                  "seconds": round(time.monotonic() - t0, 2)}
         write_json(out.with_name(out.name + ".report.json"), report)
         if not report["passed"]:
             raise ConversionError(f"export: ONNX Runtime agrees with PyTorch on {report['agreement']:.4%} of "

@@ -63,6 +63,16 @@ def test_existing_output_is_an_error_unless_overwrite(small_synth: Path, random_
     assert onnx.load(str(onnx_file)).graph.input[0].name == "pixel_values"
 
 
+def test_taos_documented_opset_12_exports_at_the_lowest_opset_that_holds_the_graph(
+        small_synth: Path, random_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    report = export(spec_for(small_synth, random_checkpoint, tmp_path, "export.opset_version=12"))
+    assert (report["opset_requested"], report["opset_version"]) == (12, 16) and report["agreement"] == 1.0
+    model = onnx.load(report["onnx_file"])
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [16]
+    assert "GridSample" in {n.op_type for n in model.graph.node}  # why 12 cannot hold it
+    assert "export.opset_version 12 raised to 16" in caplog.text
+
+
 def test_failed_export_leaves_no_file(small_synth: Path, random_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     no_images = ["dataset.val.images=null", "dataset.test.images=null", "inference.images_dir=null",
