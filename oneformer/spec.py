@@ -288,7 +288,10 @@ class TrainConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     clip_grad_type: Literal["full", "norm", "value"] = "full"
     clip_grad_norm: float = Field(0.01, ge=0, description="0 disables clipping")
-    freeze: list[str] = Field(default_factory=list, description="Parameter-name patterns (fnmatch) to freeze")
+    freeze: list[str] = Field(default_factory=list, description="Modules to freeze: TAO's names (backbone, "
+                                                                "pixel_decoder, transformer_decoder, sem_seg_head, "
+                                                                "task_mlp, text_encoder, text_projector, prompt_ctx) "
+                                                                "or parameter-name patterns (fnmatch)")
     activation_checkpoint: bool = False
     distributed_strategy: Literal["ddp", "ddp_sharded"] = "ddp"
     verbose: bool = False

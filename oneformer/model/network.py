@@ -100,15 +100,36 @@ def build_network(config: OneFormerConfig) -> Network:
     return OneFormerForUniversalSegmentation(config)
 
 
+# TAO's (Detectron2's) OneFormer module names, as transformers' parameter-name prefixes
+TAO_MODULES = {
+    "backbone": ("model.pixel_level_module.encoder.",),
+    "pixel_decoder": ("model.pixel_level_module.decoder.",),
+    "transformer_decoder": ("model.transformer_module.",),
+    "predictor": ("model.transformer_module.",),
+    "sem_seg_head": ("model.pixel_level_module.decoder.", "model.transformer_module."),
+    "sem_seg_head.pixel_decoder": ("model.pixel_level_module.decoder.",),  # Detectron2's full paths
+    "sem_seg_head.predictor": ("model.transformer_module.",),
+    "task_mlp": ("model.task_encoder.",),
+    "text_encoder": ("model.text_mapper.text_encoder.",),
+    "text_projector": ("model.text_mapper.text_projector.",),
+    "prompt_ctx": ("model.text_mapper.prompt_ctx.",),
+}
+
+
 def freeze(net: Network, patterns: list[str]) -> int:
-    """Freeze parameters whose names match any fnmatch pattern; returns how many were frozen."""
+    """Freeze parameters named by TAO's module names (backbone, pixel_decoder, ...) or matching fnmatch patterns
+    or prefixes of transformers' names; returns how many were frozen."""
+    prefixes = [prefix for pat in patterns for prefix in TAO_MODULES.get(pat.rstrip(".*"), ())]
+    raw = [pat for pat in patterns if pat.rstrip(".*") not in TAO_MODULES]
     count = 0
     for name, p in net.named_parameters():
-        if any(fnmatch.fnmatch(name, pat) or name.startswith(pat) for pat in patterns):
+        if name.startswith(tuple(prefixes)) or any(fnmatch.fnmatch(name, pat) or name.startswith(pat) for pat in raw):
             p.requires_grad_(False)
             count += 1
     if patterns and count == 0:
-        raise CheckpointError(f"train.freeze {patterns} matches no parameter name")
+        raise CheckpointError(f"train.freeze {patterns} matches no parameter name: use TAO's module names "
+                              f"({', '.join(TAO_MODULES)}) or patterns of the parameter names "
+                              f"(model.pixel_level_module.encoder.*, ...)")
     return count
 
 

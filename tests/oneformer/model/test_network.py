@@ -51,5 +51,19 @@ def test_freeze_patterns(smoke) -> None:  # noqa: ANN001
     n = freeze(net, ["model.pixel_level_module.encoder*"])
     assert n > 0
     assert all(not p.requires_grad for k, p in net.named_parameters() if "pixel_level_module.encoder" in k)
-    with pytest.raises(CheckpointError, match="matches no parameter"):
+    with pytest.raises(CheckpointError, match=r"matches no parameter name: use TAO's module names \(backbone, "):
         freeze(net, ["nothing.here*"])
+
+
+@pytest.mark.parametrize(("names", "prefixes"), [
+    (["backbone"], ["model.pixel_level_module.encoder."]),
+    (["pixel_decoder", "transformer_decoder"], ["model.pixel_level_module.decoder.", "model.transformer_module."]),
+    (["backbone.*", "sem_seg_head.predictor"], ["model.pixel_level_module.encoder.", "model.transformer_module."]),
+    (["text_encoder", "prompt_ctx"], ["model.text_mapper.text_encoder.", "model.text_mapper.prompt_ctx."]),
+])
+def test_freeze_takes_taos_module_names(smoke, names: list[str], prefixes: list[str]) -> None:  # noqa: ANN001
+    _, config, _ = smoke
+    net = build_network(config)
+    n = freeze(net, names)
+    frozen = {k for k, p in net.named_parameters() if not p.requires_grad}
+    assert n == len(frozen) > 0 and frozen == {k for k, _ in net.named_parameters() if k.startswith(tuple(prefixes))}
