@@ -388,6 +388,15 @@ class QuantizeConfig(Section):
     overwrite: bool = False
 
 
+class TrtCalibrationConfig(Section):
+    """TAO's TensorRT INT8 calibrator keys (accepted; the QDQ model carries its own scales)."""
+
+    cal_image_dir: list[str] | str | None = None
+    cal_cache_file: str | None = None
+    cal_batch_size: int = Field(1, gt=0)
+    cal_batches: int = Field(1, gt=0)
+
+
 class TensorRTConfig(Section):
     """TensorRT builder settings."""
 
@@ -397,6 +406,11 @@ class TensorRTConfig(Section):
     opt_batch_size: int = Field(1, gt=0)
     max_batch_size: int = Field(1, gt=0)
     timing_cache: str | None = None
+    calibration: TrtCalibrationConfig = Field(
+        default_factory=TrtCalibrationConfig,
+        description="TAO's INT8 calibrator settings; accepted, unused: INT8 engines are built from the QDQ model "
+                    "of `oneformer quantize`, whose scales are in the graph (calibrate with "
+                    "dataset.quant_calibration_dataset there)")
 
 
 class GenTrtEngineConfig(Section):
@@ -407,6 +421,16 @@ class GenTrtEngineConfig(Section):
     results_dir: str | None = None
     gpu_id: int = Field(0, ge=0)
     overwrite: bool = False
+    batch_size: int = Field(-1, ge=-1, description="TAO's engine batch: > 0 fixes min/opt/max batch to it; -1 "
+                                                   "takes tensorrt.*_batch_size")
+    input_channel: Literal[3] = 3
+    input_width: int | None = Field(None, gt=0, description="Must equal the ONNX file's input width (set at "
+                                                            "export); empty: the ONNX file's")
+    input_height: int | None = Field(None, gt=0, description="Must equal the ONNX file's input height (set at "
+                                                             "export); empty: the ONNX file's")
+    opset_version: int | None = Field(None, description="Accepted, unused: TensorRT parses the ONNX file's own "
+                                                        "opset (export.opset_version sets it)")
+    verbose: bool = Field(False, description="TensorRT's builder log at VERBOSE instead of WARNING")
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 
 

@@ -40,6 +40,7 @@ class BuildSettings:
     max_shape: tuple[int, ...]
     timing_cache: Path | None
     info: ModelInfo
+    verbose: bool = False
 
 
 def onnx_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
@@ -86,7 +87,10 @@ def settings(spec: ExperimentSpec) -> BuildSettings:
                               f"has no QuantizeLinear nodes: run `oneformer quantize` and set "
                               f"gen_trt_engine.onnx_file to its model.int8.onnx")
     name, dims = onnx_input(model)
+    tao_notes(spec, onnx_file, dims)
     batches = (trt_cfg.min_batch_size, trt_cfg.opt_batch_size, trt_cfg.max_batch_size)
+    if cfg.batch_size > 0:  # TAO's one engine batch
+        batches = (cfg.batch_size,) * 3
     if dims[0] is not None:  # a fixed batch in the graph wins over the spec's profile
         if set(batches) != {dims[0]}:
             log.warning("gen_trt_engine: %s has a fixed batch of %d; tensorrt.*_batch_size ignored", onnx_file,
@@ -105,13 +109,30 @@ def settings(spec: ExperimentSpec) -> BuildSettings:
                          workspace_bytes=trt_cfg.workspace_size * 2**20, input_name=name,
                          min_shape=(batches[0], *rest), opt_shape=(batches[1], *rest), max_shape=(batches[2], *rest),
                          timing_cache=Path(trt_cfg.timing_cache) if trt_cfg.timing_cache else None,
-                         info=replace(info, precision=trt_cfg.data_type))
+                         info=replace(info, precision=trt_cfg.data_type), verbose=cfg.verbose)
+
+
+def tao_notes(spec: ExperimentSpec, onnx_file: Path, dims: list[int | None]) -> None:
+    """TAO's gen_trt_engine keys checked against the ONNX file: a size it does not have is an error, and keys
+    with no effect here get a one-line note."""
+    cfg = spec.gen_trt_engine
+    for key, want, have in (("input_height", cfg.input_height, dims[2]), ("input_width", cfg.input_width, dims[3])):
+        if want is not None and want != have:
+            raise ConversionError(f"gen_trt_engine.{key}={want}, but {onnx_file} takes {have}: the size is fixed at "
+                                  f"export (`oneformer export export.{key}={want}`), or leave gen_trt_engine.{key} "
+                                  f"empty")
+    if cfg.opset_version is not None:
+        log.info("gen_trt_engine: opset_version %d has no effect: TensorRT parses %s at its own opset",
+                 cfg.opset_version, onnx_file)
+    if cfg.tensorrt.calibration.model_fields_set:
+        log.info("gen_trt_engine: tensorrt.calibration has no effect: INT8 engines are built from the QDQ model of "
+                 "`oneformer quantize` (its scales are in the graph)")
 
 
 def build(s: BuildSettings) -> dict:
     """Parse the ONNX file, configure the builder, and write the serialized engine (plus its metadata sidecar)."""
     trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt.Logger(trt.Logger.VERBOSE if s.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)

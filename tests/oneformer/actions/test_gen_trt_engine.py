@@ -61,6 +61,22 @@ def test_fixed_batch_wins_and_bad_profile_is_named(tmp_path: Path) -> None:
         settings(spec_for(tmp_path, min_batch_size=4, opt_batch_size=2, max_batch_size=8))
 
 
+def test_taos_gen_trt_engine_keys_are_honoured_or_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tiny_onnx(tmp_path / "model.onnx")
+    spec = build_spec({"results_dir": str(tmp_path / "results"), "gen_trt_engine": {
+        "onnx_file": str(tmp_path / "model.onnx"), "batch_size": 4, "input_channel": 3, "input_height": 64,
+        "input_width": 64, "opset_version": 12, "verbose": True,
+        "tensorrt": {"max_batch_size": 8, "calibration": {"cal_image_dir": ["/data/cal"], "cal_batches": 10}}}})
+    with caplog.at_level("INFO"):
+        s = settings(spec)
+    assert s.min_shape == s.opt_shape == s.max_shape == (4, 3, 64, 64) and s.verbose  # batch_size: one batch
+    assert "opset_version 12 has no effect" in caplog.text and "tensorrt.calibration has no effect" in caplog.text
+    spec.gen_trt_engine.input_width = 128
+    with pytest.raises(ConversionError, match=r"gen_trt_engine.input_width=128, but .*model.onnx takes 64: .*"
+                                              r"oneformer export export.input_width=128"):
+        settings(spec)
+
+
 def test_int8_needs_a_qdq_model(tmp_path: Path) -> None:
     tiny_onnx(tmp_path / "model.onnx")
     with pytest.raises(ConversionError, match="int8 needs an INT8 QDQ model.*oneformer quantize"):
