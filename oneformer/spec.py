@@ -531,7 +531,6 @@ IGNORED_KEYS = {
     "dataset.workers": "use dataset.<split>.num_workers",
     "dataset.dataset_type": "annotations are always shared across workers",
     "dataset.name": "informational only",
-    "train.pretrained_model_path": "use train.pretrained_model",
     "export.gpu_id": "export runs on CPU",
     "evaluate.trt_batch_size": "batch size comes from evaluate.batch_size",
 }
