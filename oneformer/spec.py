@@ -147,7 +147,6 @@ class BackboneConfig(Section):
 
     name: Literal["D2SwinTransformer", "swin"] = "D2SwinTransformer"
     freeze_at: int = Field(0, ge=0)
-    pretrained_weights: str | None = None
     swin: SwinConfig = Field(default_factory=SwinConfig)
 
 
@@ -541,6 +540,7 @@ MOVED_KEYS = {
     "model.test_topk_per_image": "model.test.test_topk_per_image",
     "model.one_former.mask_dim": "model.sem_seg_head.mask_dim",
     "train.pretrained_model_path": "train.pretrained_model",
+    "model.backbone.pretrained_weights": "train.pretrained_backbone",  # TAO's backbone weights (.pth or hub id)
 }
 
 
@@ -564,14 +564,25 @@ def _set(d: dict, dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def _tao_compat(raw: dict) -> list[str]:
-    notes = []
+def _get(d: dict, dotted: str) -> Any:
+    for p in dotted.split("."):
+        d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
+def _tao_compat(raw: dict, source: str | None = None) -> list[str]:
+    notes, clashes = [], []
     for old, new in MOVED_KEYS.items():
         found, value = _pop(raw, old)
         if found:
+            if value is not None and _get(raw, new) not in (None, value):
+                clashes.append(f"{old}={value!r} is TAO's name for {new}, which is {_get(raw, new)!r}: keep one")
+                continue
             if value is not None:
                 _set(raw, new, value)
             notes.append(f"{old} is read as {new}")
+    if clashes:
+        raise SpecError(clashes, source)
     for key, why in IGNORED_KEYS.items():
         found, _ = _pop(raw, key)
         if found:
@@ -652,7 +663,7 @@ def read_yaml(path: str | Path) -> dict:
 def build_spec(raw: dict, source: str | None = None) -> ExperimentSpec:
     """Validate a raw dict into an ExperimentSpec, reporting every problem with its full key path."""
     raw = copy.deepcopy(raw)
-    _tao_compat(raw)
+    _tao_compat(raw, source)
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:

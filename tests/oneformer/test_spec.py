@@ -111,6 +111,16 @@ def test_moved_tao_keys_are_read_where_they_belong() -> None:
     spec = load_spec(None, {"model.object_mask_threshold": 0.4, "train.pretrained_model_path": "/m.pth"})
     assert spec.model.test.object_mask_threshold == 0.4
     assert spec.train.pretrained_model == "/m.pth"
+    spec = load_spec(None, {"model.backbone.pretrained_weights": "/swin_tiny.pth"})  # TAO's backbone weights
+    assert spec.train.pretrained_backbone == "/swin_tiny.pth"  # loaded into the backbone by train
+
+
+def test_a_tao_key_and_ours_that_disagree_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"model.backbone.pretrained_weights='/a.pth' is TAO's name for "
+                                        r"train.pretrained_backbone, which is '/b.pth': keep one"):
+        load_spec(None, {"model.backbone.pretrained_weights": "/a.pth", "train.pretrained_backbone": "/b.pth"})
+    same = load_spec(None, {"model.backbone.pretrained_weights": "/a.pth", "train.pretrained_backbone": "/a.pth"})
+    assert same.train.pretrained_backbone == "/a.pth"
 
 
 def test_queries_must_exceed_text_context() -> None:
