@@ -104,7 +104,7 @@ def output_path(value: str | None, default: Path, overwrite: bool, key: str, fla
 
 
 class StatusWriter:
-    """Appends TAO's status.json lines ({date, time, status, message, ...}) to <action dir>/status.json."""
+    """Appends TAO's status.json lines ({date, time, status, verbosity, message, ...}) to <action dir>/status.json."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / "status.json"
@@ -114,7 +114,8 @@ class StatusWriter:
         message (an error's text) masked."""
         now = datetime.now()
         line = redact({"date": now.strftime("%-m/%-d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
-                       "message": message, **{k: v for k, v in fields.items() if v is not None}})
+                       "verbosity": "ERROR" if status == "FAILURE" else "INFO", "message": message,
+                       **{k: v for k, v in fields.items() if v is not None}})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:  # appended, not replaced: tools tail this file while the action runs
             f.write(json.dumps(line) + "\n")

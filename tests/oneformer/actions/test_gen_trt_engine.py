@@ -104,7 +104,7 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
         gen_trt_engine(spec_for(tmp_path))
     assert not list((tmp_path / "results").rglob("*.engine"))
     status = (tmp_path / "results" / "gen_trt_engine" / "status.json").read_text().splitlines()
-    assert json.loads(status[-1])["status"] == "FAILURE"
+    assert json.loads(status[-1])["status"] == "FAILURE" and json.loads(status[-1])["verbosity"] == "ERROR"
 
 
 @pytest.mark.gpu

@@ -47,7 +47,8 @@ def test_tao_results_layout(short: dict) -> None:
     assert [Path(e["path"]).name for e in index] == names and all("mIoU" in e["metrics"] for e in index)
     lines = read_status(train_dir)
     assert [x["status"] for x in lines] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
-    assert {"date", "time", "epoch", "max_epoch", "step", "time_per_epoch", "eta", "kpi"} <= set(lines[-2])
+    assert {"date", "time", "verbosity", "epoch", "max_epoch", "step", "time_per_epoch", "eta", "kpi"} <= set(lines[-2])
+    assert {line["verbosity"] for line in lines} == {"INFO"}  # TAO's field; ERROR on a FAILURE line
     assert {"mIoU", "val_loss", "train_loss"} <= set(lines[-2]["kpi"])
 
 
