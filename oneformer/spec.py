@@ -146,8 +146,16 @@ class BackboneConfig(Section):
     """Backbone choice and its weights."""
 
     name: Literal["D2SwinTransformer", "swin"] = "D2SwinTransformer"
-    freeze_at: int = Field(0, ge=0)
+    freeze_at: int = Field(0, ge=0, description="Detectron2's convention: 0 trains everything, 1 freezes the "
+                                                "patch embedding, k > 1 also the first k-1 Swin stages")
     swin: SwinConfig = Field(default_factory=SwinConfig)
+
+    @model_validator(mode="after")
+    def _freeze_within_stages(self) -> BackboneConfig:
+        if self.freeze_at > len(self.swin.depths) + 1:
+            raise ValueError(f"freeze_at {self.freeze_at} exceeds the {len(self.swin.depths)} Swin stages + the "
+                             f"patch embedding (at most {len(self.swin.depths) + 1})")
+        return self
 
 
 class OneFormerHead(Section):
@@ -291,7 +299,9 @@ class TrainConfig(Section):
                                                                 "pixel_decoder, transformer_decoder, sem_seg_head, "
                                                                 "task_mlp, text_encoder, text_projector, prompt_ctx) "
                                                                 "or parameter-name patterns (fnmatch)")
-    activation_checkpoint: bool = False
+    activation_checkpoint: bool = Field(False, description="Gradient checkpointing of the backbone: its "
+                                                          "activations are recomputed in backward, not kept "
+                                                          "(benchmarks/activation_checkpoint.py)")
     distributed_strategy: Literal["ddp", "ddp_sharded"] = "ddp"
     verbose: bool = False
 

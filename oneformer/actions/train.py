@@ -16,7 +16,7 @@ from oneformer.artifacts import write_json
 from oneformer.data.datasets import SegmentationDataModule
 from oneformer.data.tokenizer import TextTable
 from oneformer.model.checkpoint import best_entry, read_index
-from oneformer.model.network import freeze, hf_config, num_text
+from oneformer.model.network import checkpoint_backbone, freeze, freeze_stages, hf_config, num_text
 from oneformer.model.pretrained import load_backbone, load_pretrained
 from oneformer.spec import ExperimentSpec
 from oneformer.training.launch import in_spawned_process, run_processes
@@ -97,11 +97,14 @@ def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl
         load_backbone(module.net, spec.train.pretrained_backbone)
     if spec.train.freeze:
         log.info("froze %d parameter tensors", freeze(module.net, spec.train.freeze))
+    if spec.model.backbone.freeze_at:
+        log.info("model.backbone.freeze_at=%d: froze %d backbone parameter tensors", spec.model.backbone.freeze_at,
+                 freeze_stages(module.net, spec.model.backbone.freeze_at))
     if spec.train.activation_checkpoint:
-        if module.net.supports_gradient_checkpointing:
-            module.net.gradient_checkpointing_enable()
+        if checkpoint_backbone(module.net):
+            log.info("train.activation_checkpoint: the backbone recomputes its activations in backward")
         else:
-            log.warning("train.activation_checkpoint: this network does not support it; ignored")
+            log.warning("train.activation_checkpoint: this backbone does not support it; ignored")
     train_dir = make_results_dir(spec, "train")
     for part in train_dir.glob(".*.partial"):  # a checkpoint a killed run was writing: never complete, never used
         log.info("train: removing %s, left half-written by a run that was stopped", part.name)

@@ -133,6 +133,25 @@ def freeze(net: Network, patterns: list[str]) -> int:
     return count
 
 
+def freeze_stages(net: Network, freeze_at: int) -> int:
+    """TAO's model.backbone.freeze_at, Detectron2's convention: 1 freezes the patch embedding (the stem), k > 1 also
+    the first k-1 Swin stages; returns how many parameter tensors were frozen."""
+    swin = "model.pixel_level_module.encoder.swin."
+    prefixes = ([f"{swin}embeddings."] if freeze_at >= 1 else []) + [
+        f"{swin}encoder.layers.{i}." for i in range(freeze_at - 1)]
+    return freeze(net, prefixes) if prefixes else 0
+
+
+def checkpoint_backbone(net: Network) -> bool:
+    """Gradient checkpointing of the Swin backbone (transformers supports it there, not for the whole OneFormer):
+    its activations are recomputed in backward instead of kept; False where the backbone cannot."""
+    encoder = net.model.pixel_level_module.encoder
+    if not getattr(encoder, "supports_gradient_checkpointing", False):
+        return False
+    encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return True
+
+
 def is_backbone_param(name: str) -> bool:
     """Backbone parameters get lr * backbone_multiplier."""
     return ".pixel_level_module.encoder." in f".{name}"
