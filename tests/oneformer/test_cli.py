@@ -36,6 +36,22 @@ def test_default_specs_write_loadable_templates(tmp_path: Path) -> None:
         assert load_spec(tmp_path / f"{action}.yaml").results_dir == "/r"
 
 
+def test_templates_say_where_our_defaults_differ_from_taos(tmp_path: Path) -> None:
+    from oneformer.templates import TAO_DEFAULTS, yaml_scalar
+
+    assert run(["default_specs", "-o", str(tmp_path), "--action", "train", "--action", "export"]) == 0
+    text = (tmp_path / "train.yaml").read_text() + (tmp_path / "export.yaml").read_text()
+    assert "  lr: 0.0001  # Learning rate of everything but the backbone. TAO's default is 0.0002; ours is " \
+           "OneFormer's published recipe" in text
+    assert "opset_version: 17  # " in text and "TAO's default is 12; 12 cannot hold GridSample" in text
+    defaults = load_spec(None)
+    for key, (tao, _) in TAO_DEFAULTS.items():  # every listed key: a real difference, said on its own line
+        leaf = key.rpartition(".")[2]
+        assert defaults.value_at(key) != tao, key
+        assert any(line.strip().startswith(f"{leaf}: ") and f"TAO's default is {yaml_scalar(tao)};" in line
+                   for line in text.splitlines()), key
+
+
 def test_default_specs_take_a_users_spec_with_e_as_every_verb_does(small_synth: Path, tmp_path: Path) -> None:
     assert run(["default_specs", "-e", str(small_synth), "--action", "train", "train.num_epochs=7",
                 "encryption_key=tlt_encode", f"results_dir={tmp_path}"]) == 0
