@@ -13,6 +13,8 @@ from tasks.automl import ask_new, open_study, rdb_storage
 from tasks.search_space import search_space
 
 CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "gp": "GPSampler", "cmaes": "CmaEsSampler"}
+PRUNER_CLASSES = {"none": "NopPruner", "successive_halving": "SuccessiveHalvingPruner",
+                  "hyperband": "HyperbandPruner", "median": "MedianPruner"}
 
 SAMPLERS = get_args(AutoMLConfig.model_fields["sampler"].annotation)
 PRUNERS = get_args(AutoMLConfig.model_fields["pruner"].annotation)
@@ -60,10 +62,12 @@ def test_tao_algorithm_names_choose_the_optuna_sampler_and_pruner(algorithm: str
     spec = load_spec(small_synth, {"automl.automl_algorithm": algorithm, "automl.pruner": "median"})
     assert (spec.automl.sampler, spec.automl.pruner) == (sampler, pruner)  # over the preset's or file's pruner
     assert spec.automl.automl_algorithm is None  # read into sampler and pruner, which the written spec shows
+    study = open_study(spec, "tao", optuna_memory())  # the study a run opens uses them
+    assert type(study.sampler).__name__ == CLASSES[sampler]
+    assert type(study.pruner).__name__ == PRUNER_CLASSES[pruner]
     spec.automl.n_trials = 2
     spec.automl.pruner = "median"  # an assignment afterwards is not mapped back
     assert (spec.automl.sampler, spec.automl.pruner) == (sampler, "median")
-    assert type(open_study(spec, "tao", optuna_memory())).__name__ == "Study"
 
 
 @pytest.mark.parametrize("algorithm", ["pbt", "dehb", "bfbo", "hyperband_es", "grid"])
