@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +47,10 @@ class SplitConfig(Section):
     format: Literal["auto", "coco_panoptic", "coco", "semantic"] = Field(
         "auto", description="Annotation format; auto detects it from the annotation file"
     )
-    batch_size: int = Field(1, ge=1)
-    num_workers: int = Field(2, ge=0)
+    batch_size: int = Field(1, ge=1, description="Images per step (train, val: per process); test: per forward "
+                                                 "pass of evaluate when evaluate.batch_size is empty")
+    num_workers: int = Field(2, ge=0, description="Loader processes decoding and resizing this split's images "
+                                                  "(0: in the main process)")
 
 
 class AugmentationConfig(Section):
@@ -104,7 +107,10 @@ class DatasetConfig(Section):
     test: SplitConfig = Field(default_factory=SplitConfig)
     label_map: str | None = Field(None, description="JSON list of {id, name, isthing, color}")
     contiguous_id: bool = Field(True, description="Map raw category ids to 0..N-1 in label-map order")
-    image_size: int = Field(1024, gt=0, description="Default square size for evaluation and inference")
+    image_size: int = Field(1024, gt=0, description="TAO's evaluation and inference size: the default of "
+                                                   "augmentation.test_min_size (shortest side at evaluation) and of "
+                                                   "inference.image_size ([image_size, image_size]) where those are "
+                                                   "not given")
     pixel_mean: list[float] = Field(default_factory=lambda: list(PIXEL_MEAN))
     pixel_std: list[float] = Field(default_factory=lambda: list(PIXEL_STD))
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
@@ -123,22 +129,42 @@ class SwinConfig(Section):
     window_size: int = Field(12, gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
     patch_size: int = Field(4, gt=0)
-    patch_norm: bool = True
+    patch_norm: bool = Field(True, description="transformers' Swin always layer-normalizes the patch embedding "
+                                               "(Detectron2's default); false is refused")
     ape: bool = False
     pretrain_img_size: int = Field(384, gt=0)
     qkv_bias: bool = True
-    qk_scale: float | None = None
+    qk_scale: float | None = Field(None, description="Attention scale; empty (or head_dim^-0.5, the only value "
+                                                     "transformers' Swin computes) is accepted, another refused")
     attn_drop_rate: float = Field(0.0, ge=0, le=1)
     drop_rate: float = Field(0.0, ge=0, le=1)
     drop_path_rate: float = Field(0.3, ge=0, le=1)
-    out_features: list[str] = Field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
-    out_indices: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
-    use_checkpoint: bool = False
+    out_features: list[str] = Field(default_factory=lambda: ["res2", "res3", "res4", "res5"],
+                                    description="Detectron2's names of the stages in out_indices (stage i is "
+                                                "res<i+2>); must name the same stages")
+    out_indices: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], description="Stages whose feature maps "
+                                                                                     "feed the pixel decoder")
+    use_checkpoint: bool = Field(False, description="Swin's own name for train.activation_checkpoint: either "
+                                                    "turns gradient checkpointing of the backbone on")
 
     @model_validator(mode="after")
     def _stages_match(self) -> SwinConfig:
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have equal length")
+        if any(not 0 <= i < len(self.depths) for i in self.out_indices) or not self.out_indices:
+            raise ValueError(f"out_indices {self.out_indices} must be stages 0-{len(self.depths) - 1}")
+        if not self.patch_norm:
+            raise ValueError("patch_norm false: transformers' Swin always layer-normalizes the patch embedding, so a "
+                             "network without that norm cannot be built here; set it true")
+        names = [f"res{i + 2}" for i in self.out_indices]
+        if list(self.out_features) != names:
+            raise ValueError(f"out_features {self.out_features} must name the stages of out_indices "
+                             f"{self.out_indices}: {names}")
+        if self.qk_scale is not None:
+            dims = {self.embed_dim * 2**i // h for i, h in enumerate(self.num_heads)}
+            if any(abs(self.qk_scale - d**-0.5) > 1e-6 for d in dims):
+                raise ValueError(f"qk_scale {self.qk_scale}: transformers' Swin scales attention by head_dim^-0.5 "
+                                 f"({', '.join(f'{d**-0.5:.6g}' for d in sorted(dims))} here); set it empty")
         return self
 
 
@@ -264,7 +290,9 @@ class OptimConfig(Section):
     gamma: float = Field(0.1, gt=0)
     step_size: int = Field(10, gt=0, description="Epochs between decays for StepLR")
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up length in epochs")
-    monitor_name: Literal["val_loss", "train_loss", "mIoU"] = "mIoU"
+    monitor_name: Literal["val_loss", "train_loss", "mIoU"] = Field(
+        "mIoU", description="TAO's checkpoint monitor; here 'best' is always the highest validation mIoU (the "
+                            "pipeline selects by it), so val_loss / train_loss are noted and not used")
 
 
 class TrainConfig(Section):
@@ -302,8 +330,11 @@ class TrainConfig(Section):
     activation_checkpoint: bool = Field(False, description="Gradient checkpointing of the backbone: its "
                                                           "activations are recomputed in backward, not kept "
                                                           "(benchmarks/activation_checkpoint.py)")
-    distributed_strategy: Literal["ddp", "ddp_sharded"] = "ddp"
-    verbose: bool = False
+    distributed_strategy: Literal["ddp", "ddp_sharded"] = Field(
+        "ddp", description="ddp_sharded (fairscale's sharded DDP) left Lightning 2: it runs as ddp, with a note; "
+                           "save memory with precision 16-mixed, activation_checkpoint or freeze")
+    verbose: bool = Field(False, description="Log the optimizer's parameter groups: their learning rate (lr, or "
+                                             "lr * backbone_multiplier), weight decay and tensor counts")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -334,10 +365,12 @@ class EvaluateConfig(Section):
     missing_predictions: Literal["error", "empty"] = Field(
         "error", description="An image of the evaluation split with no prediction: an error naming it, or scored "
                              "as an empty prediction by every metric")
-    num_gpus: int = Field(1, ge=0)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise the checkpoint or engine runs on one GPU, the "
+                                               "first of gpu_ids (a larger batch_size uses it better)")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; evaluation runs on the first")
     results_dir: str | None = None
-    batch_size: int = Field(1, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="Images per forward pass, zero-padded to the largest "
+                                                           "of the batch; empty: the scored split's batch_size")
     iou_per_class: bool = True
     max_images: int | None = Field(None, gt=0, description="Evaluate only the first N images")
 
@@ -349,23 +382,30 @@ class InferenceConfig(Section):
     trt_engine: str | None = None
     mode: Task = "semantic"
     images_dir: str | None = Field(None, description="Folder, .tar.gz archive or URL of images")
-    image_size: list[int] = Field(default_factory=lambda: [1024, 1024])
+    image_size: list[int] = Field(default_factory=lambda: [1024, 1024], description="Network input [H, W] (or "
+                                  "[S]); default [dataset.image_size] * 2; a fixed-size ONNX file or engine takes "
+                                  "its own")
+    keep_aspect_ratio: bool = Field(False, description="Resize each image to fit inside image_size with its own "
+                                                       "aspect ratio instead of stretching it to image_size")
     results_dir: str | None = None
-    num_gpus: int = Field(1, ge=0)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    batch_size: int = Field(1, ge=1)
+    num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise one GPU, the first of gpu_ids")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; inference runs on the first")
+    batch_size: int = Field(1, ge=1, description="Images per forward pass (zero-padded to the largest with "
+                                                 "keep_aspect_ratio)")
     opacity: float = Field(0.5, ge=0, le=1, description="Overlay blend of the colored label map")
+    draw_labels: bool = Field(True, description="Overlays name each segment's class and box each instance")
 
 
 class ExportConfig(Section):
     """ONNX export."""
 
-    checkpoint: str = "best"
-    onnx_file: str | None = None
-    on_cpu: bool = True
+    checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
+    onnx_file: str | None = Field(None, description="Output path; default <results_dir>/export/<model>.onnx")
+    on_cpu: bool = Field(True, description="The export always traces on the CPU (the graph is the same on any "
+                                           "device); false is noted")
     opset_version: int = Field(17, ge=7, description="ONNX opset; below 16 (TAO documents 12) the export uses 16, "
                                                      "the lowest that holds GridSample, with a note")
-    input_channel: Literal[3] = 3
+    input_channel: Literal[3] = Field(3, description="RGB only, as in TAO")
     input_width: int = Field(640, gt=0)
     input_height: int = Field(640, gt=0)
     batch_size: int = Field(-1, ge=-1)
@@ -428,7 +468,7 @@ class GenTrtEngineConfig(Section):
     onnx_file: str | None = None
     trt_engine: str | None = None
     results_dir: str | None = None
-    gpu_id: int = Field(0, ge=0)
+    gpu_id: int = Field(0, ge=0, description="The CUDA device the engine is built on (and tuned for)")
     overwrite: bool = False
     batch_size: int = Field(-1, ge=-1, description="TAO's engine batch: > 0 fixes min/opt/max batch to it; -1 "
                                                    "takes tensorrt.*_batch_size")
@@ -503,8 +543,11 @@ class AutoMLConfig(Section):
 class ExperimentSpec(Section):
     """The whole experiment spec, as TAO lays it out."""
 
-    results_dir: str = "/results"
-    encryption_key: str | None = None
+    results_dir: str = Field("/results", description="Where every action writes, <results_dir>/<action>, unless "
+                                                     "its own results_dir is set")
+    encryption_key: str | None = Field(None, description="TAO's model encryption key: no file written here is "
+                                                         "encrypted (as TAO 5 writes .pth and .onnx); masked in "
+                                                         "every file, log and MLflow param")
     model_name: str = Field("oneformer", description="Registered model name")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -515,6 +558,20 @@ class ExperimentSpec(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     gen_trt_engine: GenTrtEngineConfig = Field(default_factory=GenTrtEngineConfig)
     automl: AutoMLConfig = Field(default_factory=AutoMLConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_size_defaults(cls, data: Any) -> Any:
+        """TAO's dataset.image_size is the evaluation and inference size where theirs are not given."""
+        size = _get(data, "dataset.image_size") if isinstance(data, dict) else None
+        if size is None:
+            return data
+        data = copy.deepcopy(data)
+        if _get(data, "dataset.augmentation.test_min_size") is None:
+            _set(data, "dataset.augmentation.test_min_size", size)
+        if _get(data, "inference.image_size") is None:
+            _set(data, "inference.image_size", [size, size])
+        return data
 
     def value_at(self, dotted: str) -> Any:
         """The value of a dotted key such as `dataset.val.images`."""
@@ -542,6 +599,27 @@ IGNORED_KEYS = {
     "dataset.name": "informational only",
     "export.gpu_id": "export runs on CPU",
     "evaluate.trt_batch_size": "batch size comes from evaluate.batch_size",
+}
+# Keys kept, whose TAO value has no effect here: (when it has none, why) -> a note when the spec gives such a value.
+VALUE_NOTES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "encryption_key": (lambda v: v is not None, "no file written here is encrypted (TAO 5 writes .pth and .onnx "
+                                                "unencrypted too); the key is masked wherever the spec is written"),
+    "train.distributed_strategy": (lambda v: v == "ddp_sharded", "fairscale's sharded DDP left Lightning 2; "
+                                   "training runs as ddp (save memory with train.precision=16-mixed, "
+                                   "train.activation_checkpoint or train.freeze)"),
+    "train.optim.monitor_name": (lambda v: v not in (None, "mIoU"), "'best' is always the checkpoint with the "
+                                 "highest validation mIoU (what the pipeline selects by)"),
+    "export.on_cpu": (lambda v: v is False, "the export always traces on the CPU; the ONNX graph is the same"),
+    "export.opset_version": (lambda v: isinstance(v, int) and v < 16, "the export uses opset 16, the lowest that "
+                             "holds GridSample (the deformable attention)"),
+    "gen_trt_engine.opset_version": (lambda v: v is not None, "TensorRT parses the ONNX file's own opset "
+                                     "(export.opset_version sets it)"),
+    "gen_trt_engine.tensorrt.calibration": (lambda v: bool(v), "INT8 engines are built from the QDQ model of "
+                                            "`oneformer quantize`, whose scales are in the graph"),
+    "evaluate.num_gpus": (lambda v: isinstance(v, int) and v > 1, "evaluation runs on one device, the first of "
+                          "evaluate.gpu_ids; raise evaluate.batch_size instead"),
+    "inference.num_gpus": (lambda v: isinstance(v, int) and v > 1, "inference runs on one device, the first of "
+                           "inference.gpu_ids; raise inference.batch_size instead"),
 }
 # Keys TAO places elsewhere: moved with a note.
 MOVED_KEYS = {
@@ -597,6 +675,11 @@ def _tao_compat(raw: dict, source: str | None = None) -> list[str]:
         found, _ = _pop(raw, key)
         if found:
             notes.append(f"{key} is accepted for TAO compatibility and ignored: {why}")
+    for key, (no_effect, why) in VALUE_NOTES.items():
+        value = _get(raw, key)
+        if value is not None and no_effect(value):
+            shown = "***" if key == "encryption_key" else repr(value)
+            notes.append(f"{key}={shown} has no effect here: {why}")
     for note in notes:
         log.info("spec: %s", note)
     return notes

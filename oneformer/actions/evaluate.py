@@ -13,6 +13,7 @@ from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.score import score
 from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
+from oneformer.runtime.devices import inference_device
 from oneformer.runtime.predictor import Predictor
 from oneformer.spec import ExperimentSpec
 
@@ -39,7 +40,8 @@ def evaluate(spec: ExperimentSpec) -> dict:
         source = str(cfg.predictions)
     else:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
-        model, source = open_predictor(model_path), str(model_path)
+        device = None if model_path.suffix == ".onnx" else inference_device(cfg.num_gpus, cfg.gpu_ids, "evaluate")
+        model, source = open_predictor(model_path, spec=spec, device=device), str(model_path)
     try:
         scorer = score(model, spec, on_start=started)
     except Exception as exc:

@@ -20,7 +20,7 @@ from oneformer.model.checkpoint import read_checkpoint, resolve
 from oneformer.parity import compare, sample_images
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.postprocess import semantic_scores
-from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, outputs_from
+from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, outputs_from, run_batch
 from oneformer.runtime.torch import TorchPredictor
 from oneformer.spec import ExperimentSpec
 
@@ -186,7 +186,7 @@ def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agr
         write_onnx(graph, tmp, size, cfg.batch_size, version, info)
         session = OnnxPredictor(tmp)
         log.info("export: comparing PyTorch and ONNX Runtime on %d images", len(images))
-        parity = compare(graph.outputs, lambda p: session(p, cfg.task), images, info)
+        parity = compare(graph.outputs, lambda p: run_batch(session, p, cfg.task), images, info)
         report = {"source": str(checkpoint), "source_sha256": info.source_sha256, "onnx_file": str(out),
                   "task": cfg.task, "output": kind, "input_size": list(size), "batch_size": cfg.batch_size,
                   "opset_version": version, "opset_requested": cfg.opset_version, **parity,

@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
+import torch
 
 from oneformer.artifacts import StatusWriter, output_path, write_bytes, write_json, write_text
 from oneformer.errors import CheckpointError, ConversionError, SpecError
 from oneformer.parity import compare, sample_images
+from oneformer.runtime.devices import cuda_device
 from oneformer.runtime.onnx import OnnxPredictor
-from oneformer.runtime.predictor import META_KEY, ModelInfo
+from oneformer.runtime.predictor import META_KEY, ModelInfo, run_batch
 from oneformer.runtime.tensorrt import TensorRTPredictor, require_tensorrt, sidecar
 from oneformer.spec import ExperimentSpec
 
@@ -41,6 +43,7 @@ class BuildSettings:
     timing_cache: Path | None
     info: ModelInfo
     verbose: bool = False
+    gpu_id: int = 0
 
 
 def onnx_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
@@ -109,7 +112,7 @@ def settings(spec: ExperimentSpec) -> BuildSettings:
                          workspace_bytes=trt_cfg.workspace_size * 2**20, input_name=name,
                          min_shape=(batches[0], *rest), opt_shape=(batches[1], *rest), max_shape=(batches[2], *rest),
                          timing_cache=Path(trt_cfg.timing_cache) if trt_cfg.timing_cache else None,
-                         info=replace(info, precision=trt_cfg.data_type), verbose=cfg.verbose)
+                         info=replace(info, precision=trt_cfg.data_type), verbose=cfg.verbose, gpu_id=cfg.gpu_id)
 
 
 def tao_notes(spec: ExperimentSpec, onnx_file: Path, dims: list[int | None]) -> None:
@@ -132,6 +135,8 @@ def tao_notes(spec: ExperimentSpec, onnx_file: Path, dims: list[int | None]) -> 
 def build(s: BuildSettings) -> dict:
     """Parse the ONNX file, configure the builder, and write the serialized engine (plus its metadata sidecar)."""
     trt = require_tensorrt()
+    # TensorRT builds on (and tunes its kernels for) the current CUDA device: gen_trt_engine.gpu_id's
+    torch.cuda.set_device(torch.device(cuda_device(s.gpu_id, "gen_trt_engine.gpu_id")))
     logger = trt.Logger(trt.Logger.VERBOSE if s.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -176,9 +181,10 @@ def gen_trt_engine(spec: ExperimentSpec) -> dict:
         log.info("gen_trt_engine: %s -> %s (%s, batch %s..%s, workspace %d MiB)", s.onnx_file, s.engine_file,
                  s.precision, s.min_shape[0], s.max_shape[0], s.workspace_bytes >> 20)
         built = build(s)
-        reference, engine = OnnxPredictor(s.onnx_file), TensorRTPredictor(s.engine_file)
+        reference, engine = OnnxPredictor(s.onnx_file), TensorRTPredictor(s.engine_file, f"cuda:{s.gpu_id}")
         task = s.info.task
-        parity = compare(lambda p: reference(p, task), lambda p: engine(p, task), compare_on, s.info)
+        parity = compare(lambda p: run_batch(reference, p, task), lambda p: run_batch(engine, p, task), compare_on,
+                         s.info)
     except Exception as exc:
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-from PIL import Image
-
 from oneformer.actions import not_set
 from oneformer.artifacts import StatusWriter, write_json
 from oneformer.data.readers import list_images, read_image
@@ -15,9 +12,10 @@ from oneformer.errors import DataError
 from oneformer.evaluation import formats
 from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
-from oneformer.runtime.postprocess import colorize
+from oneformer.runtime.devices import inference_device
+from oneformer.runtime.draw import overlay
 from oneformer.runtime.predictor import network_size
-from oneformer.runtime.segment import Thresholds, segment
+from oneformer.runtime.segment import Thresholds, segment_batch
 from oneformer.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -31,7 +29,8 @@ def inference(spec: ExperimentSpec) -> dict:
         raise DataError(not_set("inference", "inference.images_dir"))
     images = list_images(stage(cfg.images_dir, "inference.images_dir"), "inference.images_dir")
     model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint")
-    predictor = open_predictor(model_path)
+    device = None if model_path.suffix == ".onnx" else inference_device(cfg.num_gpus, cfg.gpu_ids, "inference")
+    predictor = open_predictor(model_path, spec=spec, device=device)
     labels = predictor.labels
     out_dir.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(out_dir)
@@ -43,22 +42,27 @@ def inference(spec: ExperimentSpec) -> dict:
     thresholds = Thresholds(test.object_mask_threshold, test.overlap_threshold, test.test_topk_per_image)
     pan_entries, inst_entries, segments = [], [], {}
     (out_dir / "overlays").mkdir(exist_ok=True)
-    for n, path in enumerate(images, start=1):
-        image = read_image(path)
-        result = segment(predictor, image, cfg.mode, size, thresholds)
-        stem, label = path.stem, result.labels
-        if cfg.mode == "semantic":
-            formats.write_semantic(out_dir, stem, label, labels)
-        elif cfg.mode == "panoptic":
-            pan_entries.append(formats.panoptic_entry(out_dir, stem, result.panoptic, labels))
-        else:
-            inst_entries += formats.instance_entries(stem, result.instances, labels)  # all top-k, as COCO results are
-        segments[stem] = result.segments
-        color = colorize(np.where(label < 0, len(palette), label), palette)
-        blend = np.where((label >= 0)[..., None], (1 - cfg.opacity) * image + cfg.opacity * color, image)
-        Image.fromarray(blend.astype(np.uint8)).save(out_dir / "overlays" / f"{stem}.png")
-        if n % 10 == 0 or n == len(images):
-            log.info("inference: %d/%d images", n, len(images))
+    try:
+        for start in range(0, len(images), cfg.batch_size):
+            batch = images[start : start + cfg.batch_size]
+            pictures = [read_image(path) for path in batch]
+            results = segment_batch(predictor, pictures, cfg.mode, size, thresholds, cfg.keep_aspect_ratio)
+            for path, image, result in zip(batch, pictures, results, strict=True):
+                stem = path.stem
+                if cfg.mode == "semantic":
+                    formats.write_semantic(out_dir, stem, result.labels, labels)
+                elif cfg.mode == "panoptic":
+                    pan_entries.append(formats.panoptic_entry(out_dir, stem, result.panoptic, labels))
+                else:  # all top-k, as COCO results are
+                    inst_entries += formats.instance_entries(stem, result.instances, labels)
+                segments[stem] = result.segments
+                overlay(image, result, palette, cfg.opacity, cfg.draw_labels).save(out_dir / "overlays" / f"{stem}.png")
+            done = start + len(batch)
+            if done % max(10, cfg.batch_size) < len(batch) or done == len(images):
+                log.info("inference: %d/%d images", done, len(images))
+    except Exception as exc:
+        status.write("FAILURE", f"{type(exc).__name__}: {exc}")
+        raise
     if cfg.mode == "panoptic":
         categories = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in labels.categories]
         write_json(out_dir / formats.PANOPTIC_JSON, {"annotations": pan_entries, "categories": categories}, None)

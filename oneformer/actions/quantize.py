@@ -23,7 +23,7 @@ from oneformer.evaluation.score import score
 from oneformer.model.checkpoint import resolve
 from oneformer.parity import compare, sample_images
 from oneformer.runtime.onnx import OnnxPredictor
-from oneformer.runtime.predictor import META_KEY, ModelInfo, prepare
+from oneformer.runtime.predictor import META_KEY, ModelInfo, prepare, run_batch
 from oneformer.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -37,22 +37,25 @@ FLOAT_OUTPUTS = ["MatMul", "Gemm"]
 
 
 class ImageCalibration(CalibrationDataReader):
-    """Calibration batches: the model's own preprocessing over the calibration images, one at a time."""
+    """Calibration batches: the model's own preprocessing over the calibration images, `batch` at a time (a graph
+    exported with a fixed export.batch_size takes only that many; the last batch is filled up from the first
+    images, real pictures whose ranges are already counted)."""
 
-    def __init__(self, images: list[Path], info: ModelInfo, input_name: str) -> None:
-        self.images, self.info, self.input = images, info, input_name
+    def __init__(self, images: list[Path], info: ModelInfo, input_name: str, batch: int = 1) -> None:
+        self.images, self.info, self.input, self.batch = images, info, input_name, batch
         self.index = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.index >= len(self.images):
             return None
-        path = self.images[self.index]
-        self.index += 1
-        if self.index % 8 == 0 or self.index == len(self.images):
+        paths = self.images[self.index : self.index + self.batch]
+        self.index += len(paths)
+        paths += [self.images[i % len(self.images)] for i in range(self.batch - len(paths))]
+        if self.index % 8 < len(paths) or self.index == len(self.images):
             log.info("quantize: calibrating %d/%d images", self.index, len(self.images))
-        prep = prepare(read_image(path), tuple(self.info.input_size), self.info.mean, self.info.std,
-                       self.info.size_divisibility)
-        return {self.input: prep.pixels.numpy()}
+        preps = [prepare(read_image(path), tuple(self.info.input_size), self.info.mean, self.info.std,
+                         self.info.size_divisibility) for path in paths]
+        return {self.input: np.concatenate([p.pixels.numpy() for p in preps])}
 
     def rewind(self) -> None:
         self.index = 0
@@ -138,7 +141,8 @@ def quantize_onnx(fp32: Path, out: Path, images: list[Path], spec: ExperimentSpe
         exclude = excluded_nodes(model, cfg.per_channel)
         log.info("quantize: %s calibration on %d images, %d MatMuls left in FP32", cfg.calibration_method,
                  len(images), len(exclude))
-        reader = ImageCalibration(images, info, model.graph.input[0].name)
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1  # 0: a dynamic batch axis
+        reader = ImageCalibration(images, info, model.graph.input[0].name, batch)
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OPS,
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -180,7 +184,8 @@ def quantize(spec: ExperimentSpec) -> dict:
             int8 = OnnxPredictor(tmp)
             task = reference.info.task
             log.info("quantize: comparing INT8 with FP32")
-            parity = compare(lambda p: reference(p, task), lambda p: int8(p, task), compare_on, reference.info)
+            parity = compare(lambda p: run_batch(reference, p, task), lambda p: run_batch(int8, p, task), compare_on,
+                             reference.info)
             log.info("quantize: scoring FP32 and INT8 on the validation split")
             metrics = {"fp32": score(reference, spec, prefer="val").result(),
                        "int8": score(int8, spec, prefer="val").result()}

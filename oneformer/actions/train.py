@@ -100,11 +100,12 @@ def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl
     if spec.model.backbone.freeze_at:
         log.info("model.backbone.freeze_at=%d: froze %d backbone parameter tensors", spec.model.backbone.freeze_at,
                  freeze_stages(module.net, spec.model.backbone.freeze_at))
-    if spec.train.activation_checkpoint:
+    if spec.train.activation_checkpoint or spec.model.backbone.swin.use_checkpoint:
+        key = "train.activation_checkpoint" if spec.train.activation_checkpoint else "swin.use_checkpoint"
         if checkpoint_backbone(module.net):
-            log.info("train.activation_checkpoint: the backbone recomputes its activations in backward")
+            log.info("%s: the backbone recomputes its activations in backward", key)
         else:
-            log.warning("train.activation_checkpoint: this backbone does not support it; ignored")
+            log.warning("%s: this backbone does not support it; ignored", key)
     train_dir = make_results_dir(spec, "train")
     for part in train_dir.glob(".*.partial"):  # a checkpoint a killed run was writing: never complete, never used
         log.info("train: removing %s, left half-written by a run that was stopped", part.name)

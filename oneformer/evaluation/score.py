@@ -6,15 +6,17 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+from torch.utils.data import DataLoader, Dataset
 
+from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Record, load_target, read_image, read_split
 from oneformer.data.transforms import eval_size
 from oneformer.errors import DataError
 from oneformer.evaluation.formats import PredictionFiles
 from oneformer.evaluation.scorer import Scorer
 from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
-from oneformer.runtime.predictor import Predictor, network_size, prepare
-from oneformer.spec import ExperimentSpec, SplitConfig
+from oneformer.runtime.predictor import ModelInfo, Predictor, Prepared, prepare, run_batch, stack
+from oneformer.spec import AugmentationConfig, ExperimentSpec, SplitConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ def model_tasks(spec: ExperimentSpec, data_kind: str) -> list[str]:
 def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None,
           prefer: str = "test", on_start: Callable[[int], None] | None = None) -> Scorer:
     """Score a predictor (any backend) or prediction files on the evaluation split; `on_start(n_images)` runs once
-    the split, the tasks and the predictions' completeness are validated, before the first image is scored."""
+    the split, the tasks and the predictions' completeness are validated, before the first image is scored. A
+    predictor sees evaluate.batch_size images a forward pass (empty: the split's batch_size), decoded by the
+    split's num_workers loader processes."""
     what, split = eval_split(spec, prefer)
     labels = model.labels
     records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what)
@@ -64,16 +68,49 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
     if on_start is not None:
         on_start(len(records))
     scorer = Scorer(labels, spec.dataset.ignore_value)
-    for n, rec in enumerate(records):
-        gt_ids, gt_segs = load_target(rec, labels)
-        if files is not None:
-            sem, pan, inst = file_predictions(files, rec, tasks, gt_ids.shape)
-        else:
-            sem, pan, inst = predict(model, read_image(rec.image), tasks, spec)
-        scorer.add(n + 1, gt_ids, gt_segs, sem, pan, inst)
-        if (n + 1) % 10 == 0 or n + 1 == len(records):
-            log.info("evaluate: %d/%d images", n + 1, len(records))
+    if files is not None:
+        for n, rec in enumerate(records):
+            gt_ids, gt_segs = load_target(rec, labels)
+            scorer.add(n + 1, gt_ids, gt_segs, *file_predictions(files, rec, tasks, gt_ids.shape))
+            progress(n + 1, len(records))
+        return scorer
+    batch = spec.evaluate.batch_size or split.batch_size
+    images = EvalImages(records, labels, model.info, spec.dataset.augmentation)
+    loader = DataLoader(images, batch_size=batch, num_workers=min(split.num_workers, len(records)),
+                        collate_fn=list)
+    done = 0
+    for items in loader:
+        predictions = predict_batch(model, [prep for _, _, _, prep in items], tasks, spec)
+        for (n, gt_ids, gt_segs, _), (sem, pan, inst) in zip(items, predictions, strict=True):
+            scorer.add(n + 1, gt_ids, gt_segs, sem, pan, inst)
+        done += len(items)
+        progress(done, len(records), len(items))
     return scorer
+
+
+def progress(done: int, total: int, batch: int = 1) -> None:
+    """A log line every 10 images (or batch) and at the end."""
+    if done % max(10, batch) < batch or done == total:
+        log.info("evaluate: %d/%d images", done, total)
+
+
+class EvalImages(Dataset):
+    """The split's images decoded, resized and normalized, and their ground truth, in loader worker processes (the
+    predictor stays in the main one)."""
+
+    def __init__(self, records: list[Record], labels: LabelMap, info: ModelInfo, aug: AugmentationConfig) -> None:
+        self.records, self.labels, self.info, self.aug = records, labels, info, aug
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, n: int) -> tuple[int, np.ndarray, list, Prepared]:
+        rec = self.records[n]
+        gt_ids, gt_segs = load_target(rec, self.labels)
+        image = read_image(rec.image)
+        size = self.info.input_size or eval_size(*image.shape[:2], self.aug)
+        prep = prepare(image, (size[0], size[1]), self.info.mean, self.info.std, self.info.size_divisibility)
+        return n, gt_ids, gt_segs, prep
 
 
 def check_complete(files: PredictionFiles, records: list[Record], tasks: list[str], missing: str) -> None:
@@ -117,18 +154,19 @@ def _same_size(got: tuple[int, ...], want: tuple[int, ...], where: str, rec: Rec
                         f"{rec.image.name} is {want[0]}x{want[1]}: predict at the image's own size")
 
 
-def predict(predictor: Predictor, image: np.ndarray, tasks: list[str], spec: ExperimentSpec
-            ) -> tuple[np.ndarray | None, PanopticPrediction | None, list[InstancePrediction] | None]:
-    """One image through the predictor for each task, post-processed the same way for every backend."""
-    info, test, thing = predictor.info, spec.model.test, predictor.labels.thing_mask
-    size = network_size(predictor, eval_size(*image.shape[:2], spec.dataset.augmentation))
-    prep = prepare(image, size, info.mean, info.std, info.size_divisibility)
-    sem = pan = inst = None
-    if "semantic" in tasks:
-        sem = predictor(prep.pixels, "semantic").semantic(0, prep)
-    if "panoptic" in tasks:
-        pan = panoptic(*predictor(prep.pixels, "panoptic").logits(0, prep), thing, test.object_mask_threshold,
-                       test.overlap_threshold)
-    if "instance" in tasks:
-        inst = instance(*predictor(prep.pixels, "instance").logits(0, prep), thing, test.test_topk_per_image)
-    return sem, pan, inst
+def predict_batch(predictor: Predictor, preps: list[Prepared], tasks: list[str], spec: ExperimentSpec
+                  ) -> list[tuple[np.ndarray | None, PanopticPrediction | None, list[InstancePrediction] | None]]:
+    """A batch of prepared images through the predictor for each task, post-processed the same way for every
+    backend."""
+    test, thing = spec.model.test, predictor.labels.thing_mask
+    pixels, preps = stack(preps)
+    outs = {task: run_batch(predictor, pixels, task) for task in tasks}
+    results = []
+    for i, prep in enumerate(preps):
+        sem = outs["semantic"].semantic(i, prep) if "semantic" in outs else None
+        pan = panoptic(*outs["panoptic"].logits(i, prep), thing, test.object_mask_threshold,
+                       test.overlap_threshold) if "panoptic" in outs else None
+        inst = instance(*outs["instance"].logits(i, prep), thing, test.test_topk_per_image) \
+            if "instance" in outs else None
+        results.append((sem, pan, inst))
+    return results

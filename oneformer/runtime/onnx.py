@@ -35,6 +35,8 @@ class OnnxPredictor:
         self.info = ModelInfo.from_json(meta[META_KEY], str(self.path))
         self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, f"{self.path} metadata")
         self.input = self.session.get_inputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0]  # an int when exported with a fixed export.batch_size
+        self.batch_range = (batch, batch) if isinstance(batch, int) and batch > 0 else (1, None)
         self.names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:

@@ -86,10 +86,12 @@ class Outputs:
 
 
 class Predictor(Protocol):
-    """Maps prepared pixels [B,3,H,W] and a task to Outputs."""
+    """Maps prepared pixels [B,3,H,W] and a task to Outputs; `batch_range` is the (min, max) batch the model file
+    takes (max None: any), e.g. (4, 4) for an ONNX file exported with export.batch_size=4."""
 
     info: ModelInfo
     labels: LabelMap
+    batch_range: tuple[int, int | None]
 
     def __call__(self, pixels: torch.Tensor, task: str) -> Outputs: ...
 
@@ -100,6 +102,39 @@ def prepare(image: np.ndarray, size: tuple[int, int], mean: list[float], std: li
     h0, w0 = image.shape[:2]
     small, _ = resize_pair(image, None, *size)
     return Prepared(pad_divisible(normalize(small, mean, std), divisor)[None], tuple(size), (h0, w0))
+
+
+def keep_aspect(hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The largest size within (h, w) = `size` with the image's own aspect ratio (inference.keep_aspect_ratio)."""
+    scale = min(size[0] / hw[0], size[1] / hw[1])
+    return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+
+def stack(preps: list[Prepared]) -> tuple[torch.Tensor, list[Prepared]]:
+    """One batch of prepared images, each zero-padded bottom/right to the largest (as Detectron2 batches them), and
+    per image the view of its row that post-processing maps back from."""
+    h = max(p.pixels.shape[-2] for p in preps)
+    w = max(p.pixels.shape[-1] for p in preps)
+    pixels = torch.zeros((len(preps), 3, h, w), dtype=preps[0].pixels.dtype)
+    for i, p in enumerate(preps):
+        pixels[i, :, : p.pixels.shape[-2], : p.pixels.shape[-1]] = p.pixels[0]
+    return pixels, [Prepared(pixels[i : i + 1], p.valid_hw, p.orig_hw) for i, p in enumerate(preps)]
+
+
+def run_batch(predictor: Predictor, pixels: torch.Tensor, task: str) -> Outputs:
+    """Any number of images through a predictor in the batches its model file takes: split above its largest, zero
+    images added up to its smallest (their outputs dropped)."""
+    low, high = predictor.batch_range
+    step = high or len(pixels)
+    parts = []
+    for start in range(0, len(pixels), step):
+        chunk = pixels[start : start + step]
+        n = len(chunk)
+        if n < low:
+            chunk = torch.cat([chunk, chunk.new_zeros((low - n, *chunk.shape[1:]))])
+        out = predictor(chunk, task)
+        parts.append({k: v[:n] for k, v in vars(out).items() if v is not None})
+    return Outputs(**{k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
 
 def check_task(info: ModelInfo, task: str, path: Path) -> None:

@@ -15,7 +15,16 @@ from PIL import Image, UnidentifiedImageError
 
 from oneformer.errors import DataError, OneFormerError
 from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
-from oneformer.runtime.predictor import Predictor, network_size, prepare
+from oneformer.runtime.predictor import (
+    Outputs,
+    Predictor,
+    Prepared,
+    keep_aspect,
+    network_size,
+    prepare,
+    run_batch,
+    stack,
+)
 
 TASKS = ("semantic", "instance", "panoptic")
 PRECISIONS = ("fp32", "int8")
@@ -79,18 +88,36 @@ def to_rgb(value: Any, what: str = "image") -> np.ndarray:
 
 
 def segment(predictor: Predictor, image: np.ndarray, task: str, size: tuple[int, int],
-            thresholds: Thresholds = Thresholds()) -> Segmentation:
+            thresholds: Thresholds = Thresholds(), keep_aspect_ratio: bool = False) -> Segmentation:
     """Resize, normalise and pad `image` for the network, run it for `task`, and map the result back."""
+    return segment_batch(predictor, [image], task, size, thresholds, keep_aspect_ratio)[0]
+
+
+def segment_batch(predictor: Predictor, images: list[np.ndarray], task: str, size: tuple[int, int],
+                  thresholds: Thresholds = Thresholds(), keep_aspect_ratio: bool = False) -> list[Segmentation]:
+    """`segment` for several images in one forward pass (in the batches the model file takes). `size` is (h, w);
+    with `keep_aspect_ratio` each image is resized to fit inside it instead of stretched to it (a fixed-size graph
+    always takes its own size)."""
     if task not in TASKS:
         raise OneFormerError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    fixed = predictor.info.input_size is not None
+    size = network_size(predictor, size)
+    info = predictor.info
+    preps = [prepare(im, keep_aspect(im.shape[:2], size) if keep_aspect_ratio and not fixed else size, info.mean,
+                     info.std, info.size_divisibility) for im in images]
+    pixels, preps = stack(preps)
+    out = run_batch(predictor, pixels, task)
+    return [_result(predictor, out, i, prep, task, thresholds) for i, prep in enumerate(preps)]
+
+
+def _result(predictor: Predictor, out: Outputs, i: int, prep: Prepared, task: str, thresholds: Thresholds
+            ) -> Segmentation:
+    """Image i of a batch's outputs as a Segmentation at the image's own size."""
     labels = predictor.labels
     raw = {labels.index[c.id]: c.id for c in labels.categories}  # class index -> the dataset's category id
-    size = network_size(predictor, size)
-    prep = prepare(image, size, predictor.info.mean, predictor.info.std, predictor.info.size_divisibility)
-    out = predictor(prep.pixels, task)
     ids = np.zeros(prep.orig_hw, dtype=np.int32)
     if task == "semantic":
-        label = out.semantic(0, prep).astype(np.int32)
+        label = out.semantic(i, prep).astype(np.int32)
         segments = []
         for n, c in enumerate(np.unique(label), start=1):
             ids[label == c] = n
@@ -98,7 +125,7 @@ def segment(predictor: Predictor, image: np.ndarray, task: str, size: tuple[int,
                              "isthing": bool(labels.thing_mask[c]), "score": None, "area": int((label == c).sum())})
         return Segmentation(task, label, ids, segments)
     if task == "panoptic":
-        pred = panoptic(*out.logits(0, prep), labels.thing_mask, thresholds.object_mask_threshold,
+        pred = panoptic(*out.logits(i, prep), labels.thing_mask, thresholds.object_mask_threshold,
                         thresholds.overlap_threshold)
         label = np.full(pred.ids.shape, -1, dtype=np.int32)
         segments = []
@@ -108,7 +135,7 @@ def segment(predictor: Predictor, image: np.ndarray, task: str, size: tuple[int,
                              "category_id": raw.get(s["category"], s["category"]), "isthing": s["isthing"],
                              "score": round(s["score"], 4), "area": int((pred.ids == s["id"]).sum())})
         return Segmentation(task, label, pred.ids.astype(np.int32), segments, panoptic=pred)
-    preds = instance(*out.logits(0, prep), labels.thing_mask, thresholds.topk)
+    preds = instance(*out.logits(i, prep), labels.thing_mask, thresholds.topk)
     drawn = [p for p in preds if p.score >= thresholds.object_mask_threshold]  # confident ones are painted
     label = np.full(prep.orig_hw, -1, dtype=np.int32)
     segments = []

@@ -41,8 +41,9 @@ def sidecar(engine: Path) -> Path:
 class TensorRTPredictor:
     """TensorRT inference of an engine built by gen_trt_engine (input and outputs live on the GPU)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device: str | None = None) -> None:
         self.path = Path(path)
+        self.device = device or "cuda"
         if not self.path.is_file():
             raise CheckpointError(f"TensorRT engine {self.path} does not exist")
         if not sidecar(self.path).is_file():
@@ -51,6 +52,7 @@ class TensorRTPredictor:
         self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, str(sidecar(self.path)))
         trt = require_tensorrt()
         self.trt = trt
+        torch.cuda.set_device(torch.device(self.device))  # the engine deserializes onto the current device
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -59,19 +61,21 @@ class TensorRTPredictor:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        low, _, high = self.engine.get_tensor_profile_shape(self.inputs[0], 0)  # min, opt, max of the profile
+        self.batch_range = (int(low[0]), int(high[0]))
 
     def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:
         check_task(self.info, task, self.path)
-        x = pixels.to("cuda", torch.float32).contiguous()
+        x = pixels.to(self.device, torch.float32).contiguous()
         self.context.set_input_shape(self.inputs[0], tuple(x.shape))
         self.context.set_tensor_address(self.inputs[0], x.data_ptr())
         results = []
         for name in self.outputs:
             dtype = torch.from_numpy(np.empty(0, self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=self.device)
             self.context.set_tensor_address(name, out.data_ptr())
             results.append(out)
-        stream = torch.cuda.current_stream()
+        stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise ConversionError(f"TensorRT failed to run {self.path}")
         stream.synchronize()

@@ -17,7 +17,9 @@ from oneformer.spec import PIXEL_MEAN, PIXEL_STD
 class TorchPredictor:
     """PyTorch eager inference from one of our checkpoints (semantic answered as scores, like exports)."""
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+    batch_range: tuple[int, int | None] = (1, None)
+
+    def __init__(self, checkpoint: str | Path, device: str | None = None, spec: object | None = None) -> None:
         ckpt = read_checkpoint(checkpoint)
         self.path = Path(checkpoint)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

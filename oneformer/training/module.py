@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 
@@ -11,7 +13,9 @@ from oneformer.model.checkpoint import META_KEY, checkpoint_meta
 from oneformer.model.network import Network, build_network, set_training_mode
 from oneformer.runtime.postprocess import semantic, semantic_scores
 from oneformer.spec import ExperimentSpec
-from oneformer.training.optim import build_optimizer, build_schedule
+from oneformer.training.optim import build_optimizer, build_schedule, describe_groups
+
+log = logging.getLogger(__name__)
 
 
 class SegmentationModule(pl.LightningModule):
@@ -81,6 +85,8 @@ class SegmentationModule(pl.LightningModule):
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's return shape
         opt = self.spec.train.optim
         optimizer = build_optimizer(self.net, opt)
+        if self.spec.train.verbose:
+            log.info("train.verbose: optimizer %s\n%s", opt.type, "\n".join(describe_groups(optimizer, opt)))
         schedule = build_schedule(optimizer, opt, int(self.trainer.estimated_stepping_batches),
                                   self.spec.train.num_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -12,11 +12,20 @@ from oneformer.spec import OptimConfig
 
 def param_groups(net: torch.nn.Module, opt: OptimConfig) -> list[dict]:
     """Backbone parameters at lr * backbone_multiplier, the rest at lr; frozen ones left out."""
-    groups: list[dict] = [{"params": [], "lr": opt.lr * opt.backbone_multiplier}, {"params": [], "lr": opt.lr}]
+    groups: list[dict] = [{"name": "backbone", "params": [], "lr": opt.lr * opt.backbone_multiplier},
+                          {"name": "heads", "params": [], "lr": opt.lr}]
     for name, p in net.named_parameters():
         if p.requires_grad:
             groups[0 if is_backbone_param(name) else 1]["params"].append(p)
     return [g for g in groups if g["params"]]
+
+
+def describe_groups(optimizer: torch.optim.Optimizer, opt: OptimConfig) -> list[str]:
+    """One line per parameter group (train.verbose): TAO users check the backbone's lr scaling this way."""
+    scaled = f" (lr {opt.lr:.3g} x backbone_multiplier {opt.backbone_multiplier:g})"
+    return [f"  {g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values, lr "
+            f"{g['lr']:.3g}{scaled if g['name'] == 'backbone' else ''}, weight_decay {g['weight_decay']:g}"
+            for g in optimizer.param_groups]
 
 
 def build_optimizer(net: torch.nn.Module, opt: OptimConfig) -> torch.optim.Optimizer:

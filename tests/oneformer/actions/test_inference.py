@@ -47,3 +47,17 @@ def test_exported_and_int8_models_predict_through_the_same_action(small_synth: P
     for kind in ("onnx", "int8"):
         result = run(small_synth, random_models[kind], tmp_path / kind, "semantic")
         assert result["images"] == 2 and len(list((tmp_path / kind / "inference" / "semantic").glob("*.png"))) == 2
+
+
+def test_batched_inference_writes_what_one_image_at_a_time_writes(small_synth: Path, random_checkpoint: Path,
+                                                                  tmp_path: Path) -> None:
+    outs = {}
+    for batch in (1, 2):
+        inference(load_spec(small_synth, [f"results_dir={tmp_path / str(batch)}", "inference.mode=semantic",
+                                          f"inference.checkpoint={random_checkpoint}", f"inference.batch_size={batch}",
+                                          "inference.image_size=[48, 64]", "inference.keep_aspect_ratio=true"]))
+        outs[batch] = tmp_path / str(batch) / "inference"
+    assert json.loads((outs[1] / "segments.json").read_text()) == json.loads((outs[2] / "segments.json").read_text())
+    for one, two in zip(sorted((outs[1] / "semantic").glob("*.png")), sorted((outs[2] / "semantic").glob("*.png")),
+                        strict=True):
+        assert (np.asarray(Image.open(one)) == np.asarray(Image.open(two))).mean() >= 0.999

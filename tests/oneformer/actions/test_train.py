@@ -120,3 +120,17 @@ def test_inference_and_prediction_files_score_the_same(trained: dict, synth: Pat
     assert from_model["mIoU"] >= 0.5 and from_model["PQ"] > 0.1 and from_model["AP"] > 0.1  # real predictions
     for key in ("mIoU", "PQ", "AP"):
         assert from_files[key] == pytest.approx(from_model[key], abs=1e-6)
+
+
+def test_taos_verbose_and_swin_use_checkpoint_are_honoured(small_synth: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    spec = load_spec(small_synth, [f"results_dir={tmp_path}", "train.num_epochs=1", "train.verbose=true",
+                                   "model.backbone.swin.use_checkpoint=true", "train.optim.lr=0.001",
+                                   "train.optim.backbone_multiplier=0.1"])
+    with caplog.at_level("INFO"):
+        train(spec)
+    assert "swin.use_checkpoint: the backbone recomputes its activations in backward" in caplog.text
+    groups = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.verbose")]
+    assert len(groups) == 1 and "optimizer AdamW" in groups[0]
+    assert "backbone: " in groups[0] and "lr 0.0001 (lr 0.001 x backbone_multiplier 0.1)" in groups[0]
+    assert "heads: " in groups[0] and "lr 0.001, weight_decay" in groups[0]

@@ -1,0 +1,37 @@
+"""The device an evaluate, inference or engine build runs on, from TAO's num_gpus and gpu_ids keys."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from oneformer.errors import OneFormerError
+
+log = logging.getLogger(__name__)
+
+
+def inference_device(num_gpus: int, gpu_ids: list[int], section: str) -> str:
+    """cuda:<first of gpu_ids> (the CPU where num_gpus is 0 or no CUDA device is visible). One device: these
+    actions batch images (batch_size) rather than spread them over GPUs, so more than one is noted, not used."""
+    if num_gpus == 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        log.info("%s: no CUDA device visible; running on the CPU (%s.num_gpus=%d)", section, section, num_gpus)
+        return "cpu"
+    ids = list(gpu_ids) or [0]
+    if max(num_gpus, len(ids)) > 1:
+        log.info("%s runs on one device, cuda:%d (%s.num_gpus=%d, gpu_ids=%s): raise %s.batch_size to use it "
+                 "fully", section, ids[0], section, num_gpus, ids, section)
+    return cuda_device(ids[0], f"{section}.gpu_ids")
+
+
+def cuda_device(index: int, key: str) -> str:
+    """cuda:<index>, or an error naming the key when this machine has no such GPU."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise OneFormerError(f"{key}: GPU {index} was asked for, but this machine has no CUDA device")
+    if not 0 <= index < count:
+        raise OneFormerError(f"{key}: GPU {index} does not exist on this machine ({count} CUDA device"
+                             f"{'' if count == 1 else 's'}: ids 0-{count - 1}); set {key} to one of them")
+    return f"cuda:{index}"
