@@ -19,9 +19,11 @@ class Stages(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    evaluate: bool = True
-    export: bool = True
-    quantize: bool = True
+    evaluate: bool = Field(True, description="Score the selected checkpoint on the test split and log its metrics "
+                                             "and per-class IoU")
+    export: bool = Field(True, description="ONNX export of the selected checkpoint with its parity check (also runs "
+                                           "when quantize is on, which needs it)")
+    quantize: bool = Field(True, description="INT8 QDQ model of the exported ONNX file, with its accuracy gate")
     gen_trt_engine: bool = Field(True, description="Skipped with a clear line where TensorRT or CUDA is missing")
     inference: bool = Field(True, description="Overlays of the inference set (needs sources.inference or the spec)")
     registry: bool = Field(True, description="Register the model version in MLflow and move its aliases")
@@ -33,7 +35,8 @@ class Tracking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = Field(None, description="Default: MLFLOW_TRACKING_URI, else sqlite in results_dir")
-    experiment: str = Field("oneformer", min_length=1)
+    experiment: str = Field("oneformer", min_length=1, description="MLflow experiment the runs are recorded in "
+                                                                   "(created if missing)")
 
 
 S3_BLOCK = ("Prefect block with the S3 credentials: `aws-credentials/<name>` (prefect-aws AwsCredentials) or the "

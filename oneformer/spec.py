@@ -35,6 +35,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def section(cls: type[BaseModel]) -> Any:
+    """A field holding a nested section, described by the first line of the section class's docstring."""
+    doc = (cls.__doc__ or "").strip()
+    if not doc:
+        raise TypeError(f"section {cls.__name__} needs a docstring: its first line is the field's description")
+    return Field(default_factory=cls, description=doc.splitlines()[0])
+
+
 # ----------------------------------------------------------------------------- dataset
 class SplitConfig(Section):
     """One dataset split: images, annotations and (for panoptic) the segment PNG folder."""
@@ -82,9 +90,10 @@ class AugmentationConfig(Section):
 class TaskProbability(Section):
     """How often each task is sampled per training image (OneFormer's task-conditioned training)."""
 
-    semantic: float = Field(0.33, ge=0)
-    instance: float = Field(0.33, ge=0)
-    panoptic: float = Field(0.34, ge=0)
+    semantic: float = Field(0.33, ge=0, description="Relative weight of the semantic task (the three are "
+                                                    "normalized to sum to 1)")
+    instance: float = Field(0.33, ge=0, description="Relative weight of the instance task")
+    panoptic: float = Field(0.34, ge=0, description="Relative weight of the panoptic task")
 
     @model_validator(mode="after")
     def _some_task(self) -> TaskProbability:
@@ -102,20 +111,24 @@ class CalibrationConfig(Section):
 class DatasetConfig(Section):
     """Data sources, label map and preprocessing."""
 
-    train: SplitConfig = Field(default_factory=SplitConfig)
-    val: SplitConfig = Field(default_factory=SplitConfig)
-    test: SplitConfig = Field(default_factory=SplitConfig)
+    train: SplitConfig = section(SplitConfig)
+    val: SplitConfig = section(SplitConfig)
+    test: SplitConfig = section(SplitConfig)
     label_map: str | None = Field(None, description="JSON list of {id, name, isthing, color}")
     contiguous_id: bool = Field(True, description="Map raw category ids to 0..N-1 in label-map order")
     image_size: int = Field(1024, gt=0, description="TAO's evaluation and inference size: the default of "
                                                    "augmentation.test_min_size (shortest side at evaluation) and of "
                                                    "inference.image_size ([image_size, image_size]) where those are "
                                                    "not given")
-    pixel_mean: list[float] = Field(default_factory=lambda: list(PIXEL_MEAN))
-    pixel_std: list[float] = Field(default_factory=lambda: list(PIXEL_STD))
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
-    task_probability: TaskProbability = Field(default_factory=TaskProbability)
-    quant_calibration_dataset: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    pixel_mean: list[float] = Field(default_factory=lambda: list(PIXEL_MEAN),
+                                    description="Per-channel RGB mean subtracted from every image, on the 0-255 "
+                                                "scale (kept in the checkpoint for evaluation, export, inference)")
+    pixel_std: list[float] = Field(default_factory=lambda: list(PIXEL_STD),
+                                   description="Per-channel RGB standard deviation every image is divided by, on "
+                                               "the 0-255 scale (kept in the checkpoint)")
+    augmentation: AugmentationConfig = section(AugmentationConfig)
+    task_probability: TaskProbability = section(TaskProbability)
+    quant_calibration_dataset: CalibrationConfig = section(CalibrationConfig)
     ignore_value: int = Field(255, description="Label of void pixels in semantic maps")
 
 
@@ -123,22 +136,29 @@ class DatasetConfig(Section):
 class SwinConfig(Section):
     """Swin Transformer backbone, TAO's key names."""
 
-    embed_dim: int = Field(192, gt=0)
-    depths: list[int] = Field(default_factory=lambda: [2, 2, 18, 2])
-    num_heads: list[int] = Field(default_factory=lambda: [6, 12, 24, 48])
-    window_size: int = Field(12, gt=0)
-    mlp_ratio: float = Field(4.0, gt=0)
-    patch_size: int = Field(4, gt=0)
+    embed_dim: int = Field(192, gt=0, description="Channels of the patch embedding; stage i has embed_dim * 2^i")
+    depths: list[int] = Field(default_factory=lambda: [2, 2, 18, 2], description="Swin blocks in each stage")
+    num_heads: list[int] = Field(default_factory=lambda: [6, 12, 24, 48],
+                                 description="Attention heads in each stage (one entry per entry of depths)")
+    window_size: int = Field(12, gt=0, description="Side of the local attention window, in patches")
+    mlp_ratio: float = Field(4.0, gt=0, description="Hidden size of each block's MLP, as a multiple of its channels")
+    patch_size: int = Field(4, gt=0, description="Side of the square patches the image is embedded as, in pixels")
     patch_norm: bool = Field(True, description="transformers' Swin always layer-normalizes the patch embedding "
                                                "(Detectron2's default); false is refused")
-    ape: bool = False
-    pretrain_img_size: int = Field(384, gt=0)
-    qkv_bias: bool = True
+    ape: bool = Field(False, description="Learned absolute position embedding added to the patch embedding "
+                                         "(transformers' use_absolute_embeddings)")
+    pretrain_img_size: int = Field(384, gt=0, description="Image size the backbone was pretrained at "
+                                                          "(transformers' Swin image_size; sizes the absolute "
+                                                          "position embedding when ape is on)")
+    qkv_bias: bool = Field(True, description="Learned bias in the attention's query, key and value projections")
     qk_scale: float | None = Field(None, description="Attention scale; empty (or head_dim^-0.5, the only value "
                                                      "transformers' Swin computes) is accepted, another refused")
-    attn_drop_rate: float = Field(0.0, ge=0, le=1)
-    drop_rate: float = Field(0.0, ge=0, le=1)
-    drop_path_rate: float = Field(0.3, ge=0, le=1)
+    attn_drop_rate: float = Field(0.0, ge=0, le=1, description="Dropout of the attention weights")
+    drop_rate: float = Field(0.0, ge=0, le=1, description="Dropout of the patch embedding and of each block's "
+                                                          "attention output")
+    drop_path_rate: float = Field(0.3, ge=0, le=1, description="Stochastic depth: the rate of dropping a block's "
+                                                               "residual branch, rising linearly from 0 to this "
+                                                               "at the last block")
     out_features: list[str] = Field(default_factory=lambda: ["res2", "res3", "res4", "res5"],
                                     description="Detectron2's names of the stages in out_indices (stage i is "
                                                 "res<i+2>); must name the same stages")
@@ -171,10 +191,12 @@ class SwinConfig(Section):
 class BackboneConfig(Section):
     """Backbone choice and its weights."""
 
-    name: Literal["D2SwinTransformer", "swin"] = "D2SwinTransformer"
+    name: Literal["D2SwinTransformer", "swin"] = Field(
+        "D2SwinTransformer", description="Backbone; both names (TAO's D2SwinTransformer, swin) build transformers' "
+                                         "Swin Transformer from model.backbone.swin")
     freeze_at: int = Field(0, ge=0, description="Detectron2's convention: 0 trains everything, 1 freezes the "
                                                 "patch embedding, k > 1 also the first k-1 Swin stages")
-    swin: SwinConfig = Field(default_factory=SwinConfig)
+    swin: SwinConfig = section(SwinConfig)
 
     @model_validator(mode="after")
     def _freeze_within_stages(self) -> BackboneConfig:
@@ -187,38 +209,64 @@ class BackboneConfig(Section):
 class OneFormerHead(Section):
     """Transformer decoder and loss settings (TAO's model.one_former)."""
 
-    num_object_queries: int = Field(150, gt=0)
-    hidden_dim: int = Field(256, gt=0)
-    nheads: int = Field(8, gt=0)
-    dim_feedforward: int = Field(2048, gt=0)
-    dec_layers: int = Field(10, ge=2)
+    num_object_queries: int = Field(150, gt=0, description="Object queries of the transformer decoder: at most "
+                                                           "this many segments per image; must exceed "
+                                                           "model.text_encoder.n_ctx")
+    hidden_dim: int = Field(256, gt=0, description="Channels of the transformer decoder's queries; must equal "
+                                                   "model.text_encoder.width")
+    nheads: int = Field(8, gt=0, description="Attention heads of the transformer decoder and of the pixel "
+                                             "decoder's deformable-attention encoder")
+    dim_feedforward: int = Field(2048, gt=0, description="Hidden size of the transformer decoder's feed-forward "
+                                                         "layers")
+    dec_layers: int = Field(10, ge=2, description="Transformer decoder layers, counting the prediction from the "
+                                                  "initial queries (transformers builds dec_layers - 1)")
     dropout: float = Field(0.1, ge=0, le=1, description="Decoder dropout; 0 for short runs (see specs/smoke.yaml)")
-    pre_norm: bool = False
-    enforce_input_proj: bool = False
-    deep_supervision: bool = True
-    no_object_weight: float = Field(0.1, ge=0)
-    class_weight: float = Field(2.0, ge=0)
-    mask_weight: float = Field(5.0, ge=0)
-    dice_weight: float = Field(5.0, ge=0)
-    contrastive_weight: float = Field(0.5, ge=0)
-    contrastive_temperature: float = Field(0.07, gt=0)
-    train_num_points: int = Field(12544, gt=0)
-    oversample_ratio: float = Field(3.0, ge=1)
-    importance_sample_ratio: float = Field(0.75, ge=0, le=1)
-    size_divisibility: int = Field(32, ge=0)
+    pre_norm: bool = Field(False, description="Layer-normalize before attention and feed-forward in the "
+                                              "transformer decoder (pre-norm) instead of after")
+    enforce_input_proj: bool = Field(False, description="Always project the pixel decoder's features to hidden_dim "
+                                                        "with a 1x1 conv (added anyway where "
+                                                        "sem_seg_head.convs_dim differs)")
+    deep_supervision: bool = Field(True, description="Also apply the losses to every intermediate decoder layer's "
+                                                     "prediction (auxiliary losses), not only the last")
+    no_object_weight: float = Field(0.1, ge=0, description="Classification loss weight of the 'no object' class")
+    class_weight: float = Field(2.0, ge=0, description="Weight of the classification loss and of its cost in "
+                                                       "the query-target matching")
+    mask_weight: float = Field(5.0, ge=0, description="Weight of the mask (binary cross-entropy) loss and of its "
+                                                      "matching cost")
+    dice_weight: float = Field(5.0, ge=0, description="Weight of the mask dice loss and of its matching cost")
+    contrastive_weight: float = Field(0.5, ge=0, description="Weight of the query-text contrastive loss")
+    contrastive_temperature: float = Field(0.07, gt=0, description="Initial temperature of the contrastive loss "
+                                                                   "(its learned logit scale starts at 1/this)")
+    train_num_points: int = Field(12544, gt=0, description="Points sampled per mask for the mask and dice losses "
+                                                           "and matching, instead of every pixel")
+    oversample_ratio: float = Field(3.0, ge=1, description="Candidate points drawn per sampled point, among which "
+                                                           "the most uncertain are picked (PointRend)")
+    importance_sample_ratio: float = Field(0.75, ge=0, le=1, description="Share of the sampled points taken at "
+                                                                         "the most uncertain candidates; the rest "
+                                                                         "are uniform")
+    size_divisibility: int = Field(32, ge=0, description="Images are zero-padded bottom/right to a multiple of "
+                                                         "this many pixels (0 or 1: not padded in training); "
+                                                         "export.input_width/height must be multiples")
 
 
 class SemSegHead(Section):
     """Pixel decoder and class count (TAO's model.sem_seg_head)."""
 
-    num_classes: int = Field(133, gt=0)
-    common_stride: int = Field(4, gt=0)
-    convs_dim: int = Field(256, gt=0)
-    mask_dim: int = Field(256, gt=0)
-    transformer_enc_layers: int = Field(6, ge=0)
-    dim_feedforward: int = Field(1024, gt=0)
-    norm: Literal["GN"] = "GN"
-    ignore_value: int = 255
+    num_classes: int = Field(133, gt=0, description="Classes the network predicts (plus 'no object'); every "
+                                                    "label-map class index must be below it")
+    common_stride: int = Field(4, gt=0, description="Output stride of the pixel decoder's mask features (4: masks "
+                                                    "at 1/4 of the input size)")
+    convs_dim: int = Field(256, gt=0, description="Channels of the pixel decoder's feature maps")
+    mask_dim: int = Field(256, gt=0, description="Channels of the per-pixel mask embedding the queries' masks are "
+                                                 "computed from")
+    transformer_enc_layers: int = Field(6, ge=0, description="Deformable-attention encoder layers of the pixel "
+                                                             "decoder")
+    dim_feedforward: int = Field(1024, gt=0, description="Hidden size of the pixel decoder encoder's feed-forward "
+                                                         "layers")
+    norm: Literal["GN"] = Field("GN", description="Normalization of the pixel decoder's convolutions: GN (group "
+                                                  "norm), the only one transformers builds")
+    ignore_value: int = Field(255, description="Void label stored in the network config (transformers' "
+                                               "ignore_value); data and metrics use dataset.ignore_value")
 
 
 class TextEncoder(Section):
@@ -226,39 +274,52 @@ class TextEncoder(Section):
 
     width: int = Field(256, ge=64, description="Must be >= 64 (heads = width // 64) and equal "
                                                "model.one_former.hidden_dim")
-    context_length: int = Field(77, gt=0)
-    num_layers: int = Field(6, gt=0)
-    vocab_size: int = Field(49408, gt=0)
-    proj_num_layers: int = Field(2, gt=0)
-    n_ctx: int = Field(16, gt=0)
-    task_seq_len: int = Field(77, gt=0)
+    context_length: int = Field(77, gt=0, description="Tokens of each class text ('a photo with a <class>'), "
+                                                      "padded or cut to this length")
+    num_layers: int = Field(6, gt=0, description="Transformer layers of the text encoder")
+    vocab_size: int = Field(49408, gt=0, description="Token embeddings of the text encoder; 49408 covers the CLIP "
+                                                     "BPE tokenizer used here")
+    proj_num_layers: int = Field(2, gt=0, description="MLP layers projecting the encoded text onto the decoder's "
+                                                      "query dimension")
+    n_ctx: int = Field(16, gt=0, description="Learned context embeddings appended to the class-text queries; "
+                                             "each image's text list holds num_object_queries - n_ctx entries")
+    task_seq_len: int = Field(77, gt=0, description="Tokens of the task text ('the task is semantic', ...) fed "
+                                                    "to the task MLP")
 
 
 class TestConfig(Section):
     """Post-processing thresholds."""
 
-    object_mask_threshold: float = Field(0.8, ge=0, le=1)
-    overlap_threshold: float = Field(0.8, ge=0, le=1)
-    test_topk_per_image: int = Field(100, gt=0)
+    object_mask_threshold: float = Field(0.8, ge=0, le=1, description="Panoptic: queries whose class "
+                                                                      "probability exceeds this are kept; "
+                                                                      "instance inference draws only instances "
+                                                                      "scoring at least this")
+    overlap_threshold: float = Field(0.8, ge=0, le=1, description="Panoptic: a kept query's segment is dropped "
+                                                                  "when the pixels it wins are below this share "
+                                                                  "of its mask")
+    test_topk_per_image: int = Field(100, gt=0, description="Instance: highest-scoring (query, class) pairs kept "
+                                                            "per image")
 
 
 class TaskToggling(Section):
-    """Which tasks the model is evaluated (and trained) on."""
+    """Which tasks evaluation scores (training samples tasks by dataset.task_probability)."""
 
-    semantic_on: bool = True
-    instance_on: bool = True
-    panoptic_on: bool = True
+    semantic_on: bool = Field(True, description="Score the semantic task (mIoU, pixel accuracy)")
+    instance_on: bool = Field(True, description="Score the instance task (mask AP); off for semantic-only "
+                                                "ground truth")
+    panoptic_on: bool = Field(True, description="Score the panoptic task (PQ, SQ, RQ); off for semantic-only "
+                                                "ground truth")
 
 
 class ModelConfig(Section):
     """Network architecture."""
 
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    one_former: OneFormerHead = Field(default_factory=OneFormerHead)
-    sem_seg_head: SemSegHead = Field(default_factory=SemSegHead)
-    text_encoder: TextEncoder = Field(default_factory=TextEncoder)
-    test: TestConfig = Field(default_factory=TestConfig)
-    task_toggling: TaskToggling = Field(default_factory=TaskToggling)
+    backbone: BackboneConfig = section(BackboneConfig)
+    one_former: OneFormerHead = section(OneFormerHead)
+    sem_seg_head: SemSegHead = section(SemSegHead)
+    text_encoder: TextEncoder = section(TextEncoder)
+    test: TestConfig = section(TestConfig)
+    task_toggling: TaskToggling = section(TaskToggling)
 
     @model_validator(mode="after")
     def _queries_fit_text(self) -> ModelConfig:
@@ -280,14 +341,17 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     """Optimizer and learning-rate schedule."""
 
-    type: Literal["AdamW", "SGD"] = "AdamW"
+    type: Literal["AdamW", "SGD"] = Field("AdamW", description="Optimizer: AdamW (momentum is its beta1) or SGD "
+                                                              "with momentum")
     lr: float = tunable(1e-4, 1e-6, 1e-2, "log", description="Learning rate of everything but the backbone")
     backbone_multiplier: float = tunable(0.1, 0.01, 1.0, "log", description="Backbone lr = lr * this")
     momentum: float = tunable(0.9, 0.5, 0.99, description="SGD momentum / AdamW beta1")
-    weight_decay: float = tunable(0.05, 1e-5, 0.1, "log")
-    lr_scheduler: Literal["MultiStep", "StepLR", "Poly", "Cosine", "Constant"] = "MultiStep"
+    weight_decay: float = tunable(0.05, 1e-5, 0.1, "log", description="Weight decay of every trained parameter")
+    lr_scheduler: Literal["MultiStep", "StepLR", "Poly", "Cosine", "Constant"] = Field(
+        "MultiStep", description="Per-step schedule after warm-up: MultiStep (lr *= gamma at each milestone), "
+                                 "StepLR (every step_size epochs), Poly (power 0.9 to 0), Cosine (to 0), Constant")
     milestones: list[int] = Field(default_factory=lambda: [44, 48], description="Epochs where lr *= gamma")
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0, description="Factor the lr is multiplied by at each MultiStep or StepLR decay")
     step_size: int = Field(10, gt=0, description="Epochs between decays for StepLR")
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up length in epochs")
     monitor_name: Literal["val_loss", "train_loss", "mIoU"] = Field(
@@ -299,29 +363,41 @@ class TrainConfig(Section):
     """Training loop, devices and checkpoints."""
 
     num_gpus: int = Field(1, ge=0, description="Devices; 0 or no CUDA means CPU")
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    num_nodes: int = Field(1, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPUs to train on, one process each; "
+                                                                        "where num_gpus is larger, that many "
+                                                                        "(TAO's rule: the larger wins)")
+    num_nodes: int = Field(1, ge=1, description="Machines of the DDP job, each running its own processes; > 1 is "
+                                                "multi-node")
     num_processes: int = Field(
         1, ge=1, description="Training on CPU (num_gpus 0 or no CUDA): DDP processes on this machine (gloo), each "
                              "with dataset.train.batch_size images and a share of the cores; GPUs use num_gpus and "
                              "gpu_ids, one process each")
-    seed: int = Field(1234, ge=0)
+    seed: int = Field(1234, ge=0, description="Seed of Python, NumPy, torch, the loader workers and the DDP "
+                                              "shuffle; automl.sampler is seeded from it too")
     verify_data: Literal["decode", "headers"] = Field(
         "decode", description="What training checks of every image and mask before its first step: decode them all "
                               "(a corrupt file fails in seconds; about 3 ms a 640 px file on 2 cores, once per "
                               "process) or read their headers only (sizes and formats; for very large datasets "
                               "already checked with `oneformer check --deep`)")
-    num_epochs: int = Field(50, gt=0)
-    checkpoint_interval: int = Field(1, gt=0)
-    validation_interval: int = Field(1, gt=0)
+    num_epochs: int = Field(50, gt=0, description="Epochs to train")
+    checkpoint_interval: int = Field(1, gt=0, description="Save a checkpoint (model_epoch_EEE_step_SSSSS.pth) "
+                                                          "every this many epochs, and after the last")
+    validation_interval: int = Field(1, gt=0, description="Validate (mIoU on dataset.val) every this many epochs")
     iters_per_epoch: int | None = Field(None, gt=0, description="Limit batches per epoch")
-    results_dir: str | None = None
-    resume_training_checkpoint_path: str | None = None
+    results_dir: str | None = Field(None, description="Training folder (checkpoints, index, status); default "
+                                                      "<results_dir>/train")
+    resume_training_checkpoint_path: str | None = Field(
+        None, description="Checkpoint to resume from (weights, optimizer and loop state); empty: the training "
+                          "folder's newest checkpoint, if any")
     pretrained_model: str | None = Field(None, description="Our checkpoint, a transformers folder or hub id")
-    pretrained_backbone: str | None = None
+    pretrained_backbone: str | None = Field(None, description="Swin weights to start the backbone from: a state-dict "
+                                                              "file (Detectron2 or transformers names) or a "
+                                                              "transformers Swin folder or hub id")
     precision: str = Field("32", description="Lightning precision: 32, 16-mixed, bf16-mixed")
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    clip_grad_type: Literal["full", "norm", "value"] = "full"
+    optim: OptimConfig = section(OptimConfig)
+    clip_grad_type: Literal["full", "norm", "value"] = Field(
+        "full", description="full and norm: clip the L2 norm of all gradients together to clip_grad_norm; value: "
+                            "clip each gradient element to +-clip_grad_norm")
     clip_grad_norm: float = Field(0.01, ge=0, description="0 disables clipping")
     freeze: list[str] = Field(default_factory=list, description="Modules to freeze: TAO's names (backbone, "
                                                                 "pixel_decoder, transformer_decoder, sem_seg_head, "
@@ -354,7 +430,7 @@ class EvaluateConfig(Section):
     """Evaluation of a checkpoint, ONNX file, engine, or prediction files."""
 
     checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
-    trt_engine: str | None = None
+    trt_engine: str | None = Field(None, description="TensorRT engine to evaluate instead of checkpoint")
     predictions: str | None = Field(None, description="Folder of prediction files to score instead (semantic/*.png, "
                                     "panoptic.json + PNGs, COCO results JSON; see the README's metric contract)")
     semantic_ids: Literal["auto", "raw", "contiguous"] = Field(
@@ -368,10 +444,12 @@ class EvaluateConfig(Section):
     num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise the checkpoint or engine runs on one GPU, the "
                                                "first of gpu_ids (a larger batch_size uses it better)")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; evaluation runs on the first")
-    results_dir: str | None = None
+    results_dir: str | None = Field(None, description="Where metrics.json and per_class_iou.csv go; default "
+                                                      "<results_dir>/evaluate")
     batch_size: int | None = Field(None, ge=1, description="Images per forward pass, zero-padded to the largest "
                                                            "of the batch; empty: the scored split's batch_size")
-    iou_per_class: bool = True
+    iou_per_class: bool = Field(True, description="Also log the per-class IoU table (per_class_iou.csv is "
+                                                  "written either way)")
     max_images: int | None = Field(None, gt=0, description="Evaluate only the first N images")
 
 
@@ -379,15 +457,17 @@ class InferenceConfig(Section):
     """Prediction over a folder of images."""
 
     checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
-    trt_engine: str | None = None
-    mode: Task = "semantic"
+    trt_engine: str | None = Field(None, description="TensorRT engine to run instead of checkpoint")
+    mode: Task = Field("semantic", description="Task predicted: semantic (label PNGs), panoptic (COCO panoptic "
+                                               "JSON and PNGs) or instance (COCO results JSON), with overlays")
     images_dir: str | None = Field(None, description="Folder, .tar.gz archive or URL of images")
     image_size: list[int] = Field(default_factory=lambda: [1024, 1024], description="Network input [H, W] (or "
                                   "[S]); default [dataset.image_size] * 2; a fixed-size ONNX file or engine takes "
                                   "its own")
     keep_aspect_ratio: bool = Field(False, description="Resize each image to fit inside image_size with its own "
                                                        "aspect ratio instead of stretching it to image_size")
-    results_dir: str | None = None
+    results_dir: str | None = Field(None, description="Where predictions and overlays go; default "
+                                                      "<results_dir>/inference")
     num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise one GPU, the first of gpu_ids")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; inference runs on the first")
     batch_size: int = Field(1, ge=1, description="Images per forward pass (zero-padded to the largest with "
@@ -400,20 +480,25 @@ class ExportConfig(Section):
     """ONNX export."""
 
     checkpoint: str = Field("best", description="A .pth, 'best' or 'latest' (from the train folder)")
-    onnx_file: str | None = Field(None, description="Output path; default <results_dir>/export/<model>.onnx")
+    onnx_file: str | None = Field(None, description="Output path; default <results_dir>/export/model.onnx")
     on_cpu: bool = Field(True, description="The export always traces on the CPU (the graph is the same on any "
                                            "device); false is noted")
     opset_version: int = Field(17, ge=7, description="ONNX opset; below 16 (TAO documents 12) the export uses 16, "
                                                      "the lowest that holds GridSample, with a note")
     input_channel: Literal[3] = Field(3, description="RGB only, as in TAO")
-    input_width: int = Field(640, gt=0)
-    input_height: int = Field(640, gt=0)
-    batch_size: int = Field(-1, ge=-1)
-    task: Task = "semantic"
+    input_width: int = Field(640, gt=0, description="Width of the ONNX input in pixels, fixed in the graph; a "
+                                                    "multiple of model.one_former.size_divisibility")
+    input_height: int = Field(640, gt=0, description="Height of the ONNX input in pixels, fixed in the graph; a "
+                                                     "multiple of model.one_former.size_divisibility")
+    batch_size: int = Field(-1, ge=-1, description="Batch of the ONNX input; -1: a dynamic batch axis")
+    task: Task = Field("semantic", description="Task the graph answers (its task text is built in): semantic "
+                                               "outputs what semantic_output says; instance and panoptic output "
+                                               "class and mask logits")
     semantic_output: Literal["scores", "labels"] = Field(
         "scores", description="semantic task: per-class scores [B,C,H/4,W/4] or the label map [B,H,W]")
-    overwrite: bool = False
-    results_dir: str | None = None
+    overwrite: bool = Field(False, description="Replace an existing onnx_file instead of failing")
+    results_dir: str | None = Field(None, description="Export folder (status, and model.onnx where onnx_file is "
+                                                      "empty); default <results_dir>/export")
     min_agreement: float = Field(0.99, ge=0, le=1, description="Fail if ONNX/PyTorch label agreement is lower")
     parity_images: int = Field(8, gt=0, description="Validation images the parity check compares on")
 
@@ -422,11 +507,17 @@ class QuantizeConfig(Section):
     """INT8 post-training quantization."""
 
     model_path: str = Field("best", description="An ONNX file or a checkpoint")
-    onnx_file: str | None = None
-    results_dir: str | None = None
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    num_calibration_images: int = Field(16, gt=0)
-    per_channel: bool = True
+    onnx_file: str | None = Field(None, description="INT8 QDQ ONNX file to write; default "
+                                                    "<quantize folder>/model.int8.onnx")
+    results_dir: str | None = Field(None, description="Quantize folder (status, the exported FP32 model of a "
+                                                      "checkpoint); default <results_dir>/quantize")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How ONNX Runtime sets activation ranges from the calibration images: min/max, "
+                              "entropy or percentile")
+    num_calibration_images: int = Field(16, gt=0, description="Calibration images used: the first N of "
+                                                              "dataset.quant_calibration_dataset.images_dir")
+    per_channel: bool = Field(True, description="One weight scale per output channel instead of per tensor "
+                                                "(MatMuls whose weight is not 2-D stay FP32 then)")
     reduce_range: bool = Field(True, description="7-bit weights. x86 CPUs without VNNI (AVX2-only) saturate U8xS8 "
                                                  "products of 8-bit weights and the INT8 model goes wrong there "
                                                  "(93% vs 99% agreement measured); off only for VNNI-only targets")
@@ -434,27 +525,32 @@ class QuantizeConfig(Section):
                                                                "this much below the FP32 model's")
     min_agreement: float | None = Field(None, ge=0, le=1, description="Optional second gate: INT8-vs-FP32 pixel "
                                                                       "agreement (always reported)")
-    overwrite: bool = False
+    overwrite: bool = Field(False, description="Replace an existing onnx_file instead of failing")
 
 
 class TrtCalibrationConfig(Section):
     """TAO's TensorRT INT8 calibrator keys (accepted; the QDQ model carries its own scales)."""
 
-    cal_image_dir: list[str] | str | None = None
-    cal_cache_file: str | None = None
-    cal_batch_size: int = Field(1, gt=0)
-    cal_batches: int = Field(1, gt=0)
+    cal_image_dir: list[str] | str | None = Field(None, description="TAO's calibration image folders; accepted, "
+                                                                    "unused")
+    cal_cache_file: str | None = Field(None, description="TAO's INT8 calibration cache file; accepted, unused")
+    cal_batch_size: int = Field(1, gt=0, description="TAO's images per calibration batch; accepted, unused")
+    cal_batches: int = Field(1, gt=0, description="TAO's number of calibration batches; accepted, unused")
 
 
 class TensorRTConfig(Section):
     """TensorRT builder settings."""
 
-    data_type: Literal["fp32", "fp16", "int8"] = "fp16"
+    data_type: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="Engine precision: fp32, fp16 (FP16 kernels allowed) or int8 (needs the QDQ model of "
+                            "`oneformer quantize`)")
     workspace_size: int = Field(4096, gt=0, description="MiB")
-    min_batch_size: int = Field(1, gt=0)
-    opt_batch_size: int = Field(1, gt=0)
-    max_batch_size: int = Field(1, gt=0)
-    timing_cache: str | None = None
+    min_batch_size: int = Field(1, gt=0, description="Smallest batch of the engine's optimization profile "
+                                                     "(dynamic-batch ONNX only)")
+    opt_batch_size: int = Field(1, gt=0, description="Batch TensorRT tunes the engine's kernels for")
+    max_batch_size: int = Field(1, gt=0, description="Largest batch the engine accepts")
+    timing_cache: str | None = Field(None, description="TensorRT timing cache file: read if it exists, written "
+                                                       "after the build (faster rebuilds)")
     calibration: TrtCalibrationConfig = Field(
         default_factory=TrtCalibrationConfig,
         description="TAO's INT8 calibrator settings; accepted, unused: INT8 engines are built from the QDQ model "
@@ -465,14 +561,16 @@ class TensorRTConfig(Section):
 class GenTrtEngineConfig(Section):
     """TensorRT engine generation."""
 
-    onnx_file: str | None = None
-    trt_engine: str | None = None
-    results_dir: str | None = None
+    onnx_file: str | None = Field(None, description="ONNX file to build from; default the export's model.onnx "
+                                                    "(data_type int8: the quantize action's model.int8.onnx)")
+    trt_engine: str | None = Field(None, description="Engine file to write; default "
+                                                     "<gen_trt_engine folder>/<ONNX name>.<data_type>.engine")
+    results_dir: str | None = Field(None, description="Engine folder; default <results_dir>/gen_trt_engine")
     gpu_id: int = Field(0, ge=0, description="The CUDA device the engine is built on (and tuned for)")
-    overwrite: bool = False
+    overwrite: bool = Field(False, description="Replace an existing trt_engine instead of failing")
     batch_size: int = Field(-1, ge=-1, description="TAO's engine batch: > 0 fixes min/opt/max batch to it; -1 "
                                                    "takes tensorrt.*_batch_size")
-    input_channel: Literal[3] = 3
+    input_channel: Literal[3] = Field(3, description="RGB only, as in TAO")
     input_width: int | None = Field(None, gt=0, description="Must equal the ONNX file's input width (set at "
                                                             "export); empty: the ONNX file's")
     input_height: int | None = Field(None, gt=0, description="Must equal the ONNX file's input height (set at "
@@ -480,7 +578,7 @@ class GenTrtEngineConfig(Section):
     opset_version: int | None = Field(None, description="Accepted, unused: TensorRT parses the ONNX file's own "
                                                         "opset (export.opset_version sets it)")
     verbose: bool = Field(False, description="TensorRT's builder log at VERBOSE instead of WARNING")
-    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    tensorrt: TensorRTConfig = section(TensorRTConfig)
 
 
 # TAO's automl_algorithm names as an Optuna sampler + pruner; TAO's others have no Optuna equivalent here
@@ -497,11 +595,14 @@ class AutoMLConfig(Section):
                           "successive_halving, hyperband = random + hyperband, bohb = tpe + hyperband; read into "
                           "automl.sampler and automl.pruner (a warning names a replaced value), which the written "
                           "spec shows instead")
-    n_trials: int = Field(4, gt=0)
+    n_trials: int = Field(4, gt=0, description="Trials a run trains in all (a resumed run counts those it "
+                                               "already finished)")
     timeout: int | None = Field(None, gt=0, description="Seconds")
     trial_timeout: int | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
                                                                   "stopped and recorded failed")
-    sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    sampler: Literal["tpe", "random", "gp", "cmaes"] = Field(
+        "tpe", description="Optuna sampler proposing each trial's values: TPE, random, Gaussian process or CMA-ES; "
+                           "seeded from train.seed")
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = Field(
         "median", description="Early stopping on per-epoch validation mIoU; successive_halving met the pruning "
                               "goal in benchmarks/automl.py")
@@ -549,15 +650,15 @@ class ExperimentSpec(Section):
                                                          "encrypted (as TAO 5 writes .pth and .onnx); masked in "
                                                          "every file, log and MLflow param")
     model_name: str = Field("oneformer", description="Registered model name")
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
-    gen_trt_engine: GenTrtEngineConfig = Field(default_factory=GenTrtEngineConfig)
-    automl: AutoMLConfig = Field(default_factory=AutoMLConfig)
+    dataset: DatasetConfig = section(DatasetConfig)
+    model: ModelConfig = section(ModelConfig)
+    train: TrainConfig = section(TrainConfig)
+    evaluate: EvaluateConfig = section(EvaluateConfig)
+    inference: InferenceConfig = section(InferenceConfig)
+    export: ExportConfig = section(ExportConfig)
+    quantize: QuantizeConfig = section(QuantizeConfig)
+    gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig)
+    automl: AutoMLConfig = section(AutoMLConfig)
 
     @model_validator(mode="before")
     @classmethod
