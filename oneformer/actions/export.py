@@ -16,7 +16,8 @@ from transformers.models.oneformer import modeling_oneformer
 
 from oneformer.artifacts import StatusWriter, atomic_path, output_path, sha256, write_json
 from oneformer.errors import ConversionError, SpecError
-from oneformer.model.checkpoint import read_checkpoint, resolve
+from oneformer.model.checkpoint import resolve
+from oneformer.model.foreign import read_any
 from oneformer.parity import compare, sample_images
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.postprocess import semantic_scores
@@ -168,7 +169,7 @@ def opset(requested: int) -> int:
 def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agreement: float) -> dict:
     """Export one checkpoint to `out` (atomically) and return the parity report; the core of every export."""
     cfg = spec.export
-    torch_model = TorchPredictor(checkpoint, device="cpu")
+    torch_model = TorchPredictor(checkpoint, device="cpu", spec=spec)  # spec: the network of a TAO / Detectron2 file
     size = check_size(spec, torch_model.info.size_divisibility)
     kind = output_kind(cfg.task, cfg.semantic_output)
     info = ModelInfo(task=cfg.task, output=kind, input_size=list(size), mean=torch_model.info.mean,
@@ -205,7 +206,8 @@ def export(spec: ExperimentSpec) -> dict:
     out_dir = spec.action_dir("export")
     checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint")
     # the size check before anything is written; mapped, so the weights are read once, by the export itself
-    trained = read_checkpoint(checkpoint, "export.checkpoint", mmap=True).spec.get("model", {}).get("one_former", {})
+    trained = read_any(checkpoint, "export.checkpoint", mmap=True, spec=spec).spec.get("model", {}).get(
+        "one_former", {})
     check_size(spec, trained.get("size_divisibility") or 32)
     out = output_path(cfg.onnx_file, out_dir / "model.onnx", cfg.overwrite, "export.onnx_file", "export.overwrite")
     status = StatusWriter(out_dir)

@@ -92,7 +92,7 @@ def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl
     data = SegmentationDataModule(spec, labels, text, num_text(config), (inputs.train, inputs.val))
     module = SegmentationModule(spec, config, labels)
     if spec.train.pretrained_model:
-        load_pretrained(module.net, spec.train.pretrained_model)
+        load_pretrained(module.net, spec.train.pretrained_model, spec)
     if spec.train.pretrained_backbone:
         load_backbone(module.net, spec.train.pretrained_backbone)
     if spec.train.freeze:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from oneformer.data.labelmap import LabelMap
+from oneformer.data.loaders import worker_init
 from oneformer.data.readers import Record, labels_from_annotations, load_target, read_image, read_split, stage_input
 from oneformer.data.targets import build_targets, sample_task, semantic_map
 from oneformer.data.tokenizer import TextTable
@@ -174,7 +175,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             else None
         return DataLoader(data, batch_size=split.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=split.num_workers, collate_fn=collate,
-                          drop_last=len(data) // world > split.batch_size, persistent_workers=split.num_workers > 0)
+                          drop_last=len(data) // world > split.batch_size, persistent_workers=split.num_workers > 0,
+                          worker_init_fn=worker_init)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_records:
@@ -185,4 +187,5 @@ class SegmentationDataModule(pl.LightningDataModule):
         # every image on exactly one process (torch's DistributedSampler pads with repeats, which the gathered
         # confusion matrix would count twice)
         return DataLoader(data, batch_size=split.batch_size, sampler=list(range(rank, len(data), world)),
-                          num_workers=split.num_workers, collate_fn=collate, persistent_workers=split.num_workers > 0)
+                          num_workers=split.num_workers, collate_fn=collate, persistent_workers=split.num_workers > 0,
+                          worker_init_fn=worker_init)

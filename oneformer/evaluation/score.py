@@ -9,6 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from oneformer.data.labelmap import LabelMap
+from oneformer.data.loaders import worker_init
 from oneformer.data.readers import Record, load_target, read_image, read_split
 from oneformer.data.transforms import eval_size
 from oneformer.errors import DataError
@@ -76,8 +77,8 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
         return scorer
     batch = spec.evaluate.batch_size or split.batch_size
     images = EvalImages(records, labels, model.info, spec.dataset.augmentation)
-    loader = DataLoader(images, batch_size=batch, num_workers=min(split.num_workers, len(records)),
-                        collate_fn=list)
+    workers = min(split.num_workers, len(records))
+    loader = DataLoader(images, batch_size=batch, num_workers=workers, collate_fn=list, worker_init_fn=worker_init)
     done = 0
     for items in loader:
         predictions = predict_batch(model, [prep for _, _, _, prep in items], tasks, spec)

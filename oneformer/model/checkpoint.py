@@ -23,6 +23,7 @@ INDEX = "checkpoints.json"
 LATEST = "oneformer_model_latest.pth"
 NAME = "model_epoch_{epoch:03d}_step_{step:05d}.pth"
 PREFIX = "net."
+FILE_SUFFIXES = (".pth", ".ckpt", ".pt", ".pkl")  # weight files: ours, or (read with a spec) TAO's and Detectron2's
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Checkpoint:
     spec: dict
     epoch: int
     step: int
+    missing: tuple[str, ...] = ()  # of a file written elsewhere: tensors it lacked, initialized fresh from the spec
 
     @property
     def labels(self) -> LabelMap:
@@ -66,7 +68,7 @@ _TORCH_ADVICE = ("weights_only", "trusted source", "add_safe_globals", "safe_glo
                  "pytorch.org/docs", "In PyTorch 2.6")
 
 
-def _load_failure(exc: Exception) -> str:
+def load_failure(exc: Exception) -> str:
     """The part of a torch.load error worth showing: what was refused, without PyTorch's advice to turn the
     weights_only safety off (or its terminal colour codes)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
@@ -79,7 +81,7 @@ def _load_failure(exc: Exception) -> str:
 
 def _refusal(where: str, path: Path, exc: Exception, key: str | None) -> str:
     """Why a file was refused and what to give instead: a TAO (OmegaConf) checkpoint is named as one."""
-    why = _load_failure(exc)
+    why = load_failure(exc)
     text = (f"{where}{path} is not a checkpoint of ours and was not loaded ({why}). Our checkpoints hold only "
             f"tensors and plain data: give one written by `oneformer train`")
     if "omegaconf" in why:
@@ -100,23 +102,38 @@ def safe_load(path: str | Path, key: str | None = None, mmap: bool = False) -> A
     if not path.is_file():
         raise CheckpointError(f"{where}checkpoint {path} does not exist")
     try:
-        if mmap:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped: read it, and report that
-                pass
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return weights_only_load(path, mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not a checkpoint of ours
         raise CheckpointError(_refusal(where, path, exc, key)) from None
 
 
+def weights_only_load(path: Path, mmap: bool) -> Any:
+    """torch.load with weights_only=True, mapped where the file allows it; torch's own exception on refusal."""
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped: read it, and report that
+            pass
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | Path, key: str | None = None, mmap: bool = False) -> Checkpoint:
-    """Load with weights_only=True: our checkpoints hold only tensors and plain data (`mmap`: see safe_load)."""
+    """Load with weights_only=True: our checkpoints hold only tensors and plain data (`mmap`: see safe_load). Files of
+    other tools (TAO, Detectron2) are read by oneformer.model.foreign.read_any, given the spec of their network."""
     path = Path(path)
-    raw = safe_load(path, key, mmap)
-    meta = raw.get(META_KEY) if isinstance(raw, dict) else None
-    if meta is None or not isinstance(raw.get("state_dict"), dict):
+    return from_content(safe_load(path, key, mmap), path, key)
+
+
+def is_ours(raw: Any) -> bool:
+    """Whether a file's loaded content is a checkpoint of ours: its metadata section and a state dict."""
+    return isinstance(raw, dict) and isinstance(raw.get(META_KEY), dict) and isinstance(raw.get("state_dict"), dict)
+
+
+def from_content(raw: Any, path: Path, key: str | None = None) -> Checkpoint:
+    """The Checkpoint of a file's loaded content, or the error for a file that is not ours."""
+    if not is_ours(raw):
         raise CheckpointError(not_ours(path, key))
+    meta = raw[META_KEY]
     state = {k.removeprefix(PREFIX): v for k, v in raw["state_dict"].items()}
     return Checkpoint(path, state, meta["hf_config"], meta["label_map"], meta.get("contiguous_id", True),
                       meta.get("spec", {}), int(raw.get("epoch", 0)), int(raw.get("global_step", 0)))
@@ -134,7 +151,7 @@ def read_resume(path: str | Path, key: str) -> dict:
     restores (weights, optimizer, loops); the same errors as every other checkpoint entry point. Mapped, not read:
     this is validation, and Lightning reads the weights when it resumes."""
     raw = safe_load(path, key, mmap=True)
-    if not isinstance(raw, dict) or META_KEY not in raw or not isinstance(raw.get("state_dict"), dict):
+    if not is_ours(raw):
         raise CheckpointError(not_ours(Path(path), key))
     missing = [k for k in ("optimizer_states", "loops", "epoch", "global_step") if k not in raw]
     if missing:

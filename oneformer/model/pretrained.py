@@ -1,69 +1,25 @@
-"""Pretrained weights: our checkpoints, transformers folders or hub ids, and Swin backbones in the original
-(Microsoft / Detectron2 / TAO) naming, renamed for transformers."""
+"""Pretrained weights: our checkpoints, TAO / Detectron2 OneFormer checkpoints, transformers folders or hub ids,
+and Swin backbones in the original (Microsoft / Detectron2 / TAO) naming (renamed by oneformer.model.swin_names)."""
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import OneFormerForUniversalSegmentation, SwinModel
 
 from oneformer.errors import CheckpointError
-from oneformer.model.checkpoint import read_checkpoint, safe_load
+from oneformer.model.checkpoint import FILE_SUFFIXES, safe_load
+from oneformer.model.foreign import read_any
 from oneformer.model.network import Network
+from oneformer.model.swin_names import from_original
+
+if TYPE_CHECKING:
+    from oneformer.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
-
-PREFIXES = ("module.", "backbone.", "model.pixel_level_module.encoder.", "encoder.")
-RENAMES = [  # (pattern on the original key, replacement in SwinBackbone's naming)
-    (r"^patch_embed\.proj\.", "swin.embeddings.patch_embeddings.projection."),
-    (r"^patch_embed\.norm\.", "swin.embeddings.norm."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.norm1\.", r"swin.encoder.layers.\1.blocks.\2.layernorm_before."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.norm2\.", r"swin.encoder.layers.\1.blocks.\2.layernorm_after."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.proj\.", r"swin.encoder.layers.\1.blocks.\2.attention.o_proj."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table$",
-     r"swin.encoder.layers.\1.blocks.\2.attention.relative_position_bias.relative_position_bias_table"),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.", r"swin.encoder.layers.\1.blocks.\2.mlp."),
-    (r"^layers\.(\d+)\.downsample\.", r"swin.encoder.layers.\1.downsample."),
-    (r"^norm(\d)\.", lambda m: f"hidden_states_norms.stage{int(m.group(1)) + 1}."),  # Detectron2's per-stage norms
-    (r"^norm\.", "swin.layernorm."),
-]
-QKV = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
-
-
-def strip_prefix(key: str) -> str:
-    """Drop wrapper prefixes (DDP's module., Detectron2's backbone., our network's path)."""
-    for prefix in PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
-def from_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename original-Swin keys (fused qkv split into q/k/v); keys already in transformers' naming pass through."""
-    out: dict[str, torch.Tensor] = {}
-    for raw, value in state.items():
-        key = strip_prefix(raw)
-        if key.startswith(("swin.", "hidden_states_norms.")):
-            out[key] = value
-            continue
-        if match := QKV.match(key):
-            layer, block, kind = match.groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"swin.encoder.layers.{layer}.blocks.{block}.attention.{name}.{kind}"] = part
-            continue
-        for pattern, repl in RENAMES:
-            new = re.sub(pattern, repl, key)
-            if new != key:
-                out[new] = value
-                break
-        else:
-            if key.startswith(("embeddings.", "encoder.", "layernorm.")):  # a plain SwinModel state dict
-                out[f"swin.{key}"] = value
-    return out
-
 
 def hf_state(cls: type, source: str, key: str) -> dict[str, torch.Tensor]:
     """The state dict of a transformers folder or hub id, or a clear error naming the spec key."""
@@ -74,11 +30,15 @@ def hf_state(cls: type, source: str, key: str) -> dict[str, torch.Tensor]:
                               f"or a reachable hub id ({exc})") from exc
 
 
-def load_pretrained(net: Network, source: str) -> None:
-    """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only)."""
+def load_pretrained(net: Network, source: str, spec: ExperimentSpec | None = None) -> None:
+    """Initialize from one of our checkpoints, a transformers folder, or a hub id (shape-matching keys only); with
+    `spec`, also from a TAO or SHI-Labs / Detectron2 OneFormer checkpoint of the network the spec describes (the
+    tensors such a file lacks keep the network's own initialization)."""
     path = Path(source)
-    if path.suffix in (".pth", ".ckpt") and path.is_file():
-        state = read_checkpoint(path, "train.pretrained_model").state_dict
+    if path.suffix.lower() in FILE_SUFFIXES and path.is_file():
+        ckpt = read_any(path, "train.pretrained_model", spec=spec)
+        fresh = set(ckpt.missing)
+        state = {k: v for k, v in ckpt.state_dict.items() if k not in fresh}
     else:
         state = hf_state(OneFormerForUniversalSegmentation, source, "train.pretrained_model")
     own = net.state_dict()

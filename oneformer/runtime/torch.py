@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from oneformer.data.tokenizer import TextTable
-from oneformer.model.checkpoint import read_checkpoint
+from oneformer.model.foreign import read_any
 from oneformer.model.network import load_network
 from oneformer.runtime.postprocess import semantic_scores
 from oneformer.runtime.predictor import ModelInfo, Outputs
 from oneformer.spec import PIXEL_MEAN, PIXEL_STD
+
+if TYPE_CHECKING:
+    from oneformer.spec import ExperimentSpec
 
 
 class TorchPredictor:
@@ -19,8 +23,11 @@ class TorchPredictor:
 
     batch_range: tuple[int, int | None] = (1, None)
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None, spec: object | None = None) -> None:
-        ckpt = read_checkpoint(checkpoint)
+    def __init__(self, checkpoint: str | Path, device: str | None = None, spec: ExperimentSpec | None = None,
+                 key: str | None = None) -> None:
+        """`spec` describes the network of a checkpoint written elsewhere (TAO, Detectron2), which carries no config
+        of its own; `key` is the spec key that named the file, for errors."""
+        ckpt = read_any(checkpoint, key, spec=spec)
         self.path = Path(checkpoint)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.net = load_network(ckpt).to(self.device)

@@ -15,7 +15,16 @@ from oneformer.data.datasets import read_labels, read_split
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Record
 from oneformer.errors import CheckpointError, DataError, OneFormerError, SpecError
-from oneformer.model.checkpoint import LATEST, META_KEY, PREFIX, read_checkpoint, read_index, read_resume, safe_load
+from oneformer.model.checkpoint import (
+    FILE_SUFFIXES,
+    LATEST,
+    META_KEY,
+    PREFIX,
+    read_index,
+    read_resume,
+    safe_load,
+)
+from oneformer.model.foreign import read_any
 from oneformer.spec import ExperimentSpec, flatten
 
 log = logging.getLogger(__name__)
@@ -100,8 +109,9 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
     if raw is not None and (out.labels is None or attempt(lambda: same_network(raw, spec, out.labels, resume, key))):
         out.resume = resume
     if weights:
-        if spec.train.pretrained_model and Path(spec.train.pretrained_model).suffix in (".pth", ".ckpt"):
-            attempt(lambda: read_checkpoint(spec.train.pretrained_model, "train.pretrained_model", mmap=True))
+        if spec.train.pretrained_model and Path(spec.train.pretrained_model).suffix.lower() in FILE_SUFFIXES:
+            attempt(lambda: read_any(spec.train.pretrained_model, "train.pretrained_model", mmap=True,
+                                            spec=spec))  # ours, or a TAO / Detectron2 one of the spec's network
         if spec.train.pretrained_backbone and Path(spec.train.pretrained_backbone).is_file():
             attempt(lambda: safe_load(spec.train.pretrained_backbone, "train.pretrained_backbone", mmap=True))
     log.info("training inputs validated in %.1f s (%s): %d problem(s)", time.perf_counter() - start,
