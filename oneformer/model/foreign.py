@@ -270,6 +270,11 @@ def _check(report: Report, initializing: bool) -> None:
         raise CheckpointError(f"{report.where} ({report.naming} checkpoint) holds another network than the spec's "
                               f"model section describes{shapes_text}: {keys}. A checkpoint from elsewhere carries no "
                               "config, so the spec must describe its network")
+    lacking = [n for n in report.missing if not n.startswith(TEXT)]  # the text mapper: training's loss only
+    if lacking and not initializing:
+        raise CheckpointError(f"{report.where} ({report.naming} checkpoint) lacks {len(lacking)} tensors the network "
+                              f"predicts with ({_sample(lacking, 3)}): they would be random. Give the whole "
+                              "checkpoint, or use it as train.pretrained_model, where what a file lacks is trained")
     if len(report.loaded) < MIN_SHARE * report.expected:
         found = [f"{what} e.g. {_sample(names, 3)}" for what, names in (
             ("missing", report.missing), ("of another shape", report.mismatched),

@@ -192,6 +192,9 @@ def test_missing_and_unexpected_tensors_are_reported_by_name(source: dict, tmp_p
     assert "1 unexpected" in caplog.text and "sem_seg_head.predictor.bogus.weight" in caplog.text
     assert "model.transformer_module.decoder.class_embed.bias" in ckpt.missing
     load_network(ckpt)  # what the file lacked was initialized: the network loads whole
+    with pytest.raises(CheckpointError, match="evaluate.checkpoint: .*partial.pth .*lacks 1 tensors the network "
+                                              "predicts with .*class_embed.bias.*would be random"):
+        read_any(path, "evaluate.checkpoint", spec=source["spec"])  # to predict with, nothing may be random
 
 
 @pytest.mark.parametrize(("override", "named"), [
