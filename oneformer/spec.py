@@ -715,8 +715,8 @@ VALUE_NOTES: dict[str, tuple[Callable[[Any], bool], str]] = {
                              "holds GridSample (the deformable attention)"),
     "gen_trt_engine.opset_version": (lambda v: v is not None, "TensorRT parses the ONNX file's own opset "
                                      "(export.opset_version sets it)"),
-    "gen_trt_engine.tensorrt.calibration": (lambda v: bool(v), "INT8 engines are built from the QDQ model of "
-                                            "`oneformer quantize`, whose scales are in the graph"),
+    "gen_trt_engine.tensorrt.calibration": (lambda v: _given(v, TrtCalibrationConfig), "INT8 engines are built "
+                                            "from the QDQ model of `oneformer quantize`, its scales in the graph"),
     "evaluate.num_gpus": (lambda v: isinstance(v, int) and v > 1, "evaluation runs on one device, the first of "
                           "evaluate.gpu_ids; raise evaluate.batch_size instead"),
     "inference.num_gpus": (lambda v: isinstance(v, int) and v > 1, "inference runs on one device, the first of "
@@ -731,6 +731,12 @@ MOVED_KEYS = {
     "train.pretrained_model_path": "train.pretrained_model",
     "model.backbone.pretrained_weights": "train.pretrained_backbone",  # TAO's backbone weights (.pth or hub id)
 }
+
+
+def _given(value: Any, section: type[BaseModel]) -> bool:
+    """Whether a section's raw value sets anything other than its defaults (a written spec repeats them all)."""
+    defaults = section().model_dump()
+    return isinstance(value, dict) and any(defaults.get(k, object()) != v for k, v in value.items())
 
 
 def _pop(d: dict, dotted: str) -> tuple[bool, Any]:
