@@ -40,7 +40,7 @@ def evaluate(spec: ExperimentSpec) -> dict:
         source = str(cfg.predictions)
     else:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
-        device = None if model_path.suffix == ".onnx" else inference_device(cfg.num_gpus, cfg.gpu_ids, "evaluate")
+        device = inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "evaluate")
         model, source = open_predictor(model_path, spec=spec, device=device), str(model_path)
     try:
         scorer = score(model, spec, on_start=started)

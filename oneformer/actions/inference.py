@@ -10,6 +10,7 @@ from oneformer.data.readers import list_images, read_image
 from oneformer.data.staging import stage
 from oneformer.errors import DataError
 from oneformer.evaluation import formats
+from oneformer.evaluation.score import progress
 from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
 from oneformer.runtime.devices import inference_device
@@ -29,8 +30,8 @@ def inference(spec: ExperimentSpec) -> dict:
         raise DataError(not_set("inference", "inference.images_dir"))
     images = list_images(stage(cfg.images_dir, "inference.images_dir"), "inference.images_dir")
     model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint")
-    device = None if model_path.suffix == ".onnx" else inference_device(cfg.num_gpus, cfg.gpu_ids, "inference")
-    predictor = open_predictor(model_path, spec=spec, device=device)
+    predictor = open_predictor(model_path, spec=spec,
+                               device=inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "inference"))
     labels = predictor.labels
     out_dir.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(out_dir)
@@ -57,9 +58,7 @@ def inference(spec: ExperimentSpec) -> dict:
                     inst_entries += formats.instance_entries(stem, result.instances, labels)
                 segments[stem] = result.segments
                 overlay(image, result, palette, cfg.opacity, cfg.draw_labels).save(out_dir / "overlays" / f"{stem}.png")
-            done = start + len(batch)
-            if done % max(10, cfg.batch_size) < len(batch) or done == len(images):
-                log.info("inference: %d/%d images", done, len(images))
+            progress(start + len(batch), len(images), len(batch), "inference")
     except Exception as exc:
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise

@@ -89,10 +89,10 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
     return scorer
 
 
-def progress(done: int, total: int, batch: int = 1) -> None:
-    """A log line every 10 images (or batch) and at the end."""
+def progress(done: int, total: int, batch: int = 1, action: str = "evaluate") -> None:
+    """A log line about every 10 images (every batch, when larger) and at the end."""
     if done % max(10, batch) < batch or done == total:
-        log.info("evaluate: %d/%d images", done, total)
+        log.info("%s: %d/%d images", action, done, total)
 
 
 class EvalImages(Dataset):

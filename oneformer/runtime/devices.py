@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -11,9 +12,12 @@ from oneformer.errors import OneFormerError
 log = logging.getLogger(__name__)
 
 
-def inference_device(num_gpus: int, gpu_ids: list[int], section: str) -> str:
-    """cuda:<first of gpu_ids> (the CPU where num_gpus is 0 or no CUDA device is visible). One device: these
-    actions batch images (batch_size) rather than spread them over GPUs, so more than one is noted, not used."""
+def inference_device(model: Path, num_gpus: int, gpu_ids: list[int], section: str) -> str | None:
+    """Where `model` runs: cuda:<first of gpu_ids> (the CPU where num_gpus is 0 or no CUDA device is visible; None
+    for an ONNX file, which ONNX Runtime runs on the CPU). One device: these actions batch images (batch_size) rather
+    than spread them over GPUs, so more than one is noted, not used."""
+    if model.suffix.lower() == ".onnx":
+        return None
     if num_gpus == 0:
         return "cpu"
     if not torch.cuda.is_available():
