@@ -20,14 +20,14 @@ from prefect.artifacts import (
 
 from flows.common import TrackedRun
 from flows.params import Stages
-from oneformer.actions import TABLE
+from oneformer.actions import TABLE, layout_of
 from oneformer.artifacts import write_text
 from oneformer.errors import OneFormerError
 from oneformer.model.checkpoint import read_checkpoint
 from oneformer.spec import ExperimentSpec, dump_spec, flatten, public_dict, with_values
 from tasks import actions, charts, stage_cache, tracking
 from tasks.automl import run_study, selection, shown, storage_url, study_key, study_name, study_rows
-from tasks.card import KEY_SETTINGS, ModelCard
+from tasks.card import ModelCard, key_settings
 from tasks.locks import exclusive
 from tasks.parents import resolve_parent
 from tasks.registry import champion_params, register
@@ -63,7 +63,8 @@ def lineage(r: TrackedRun) -> Lineage:
     """Digest the spec and the training data; record the data as MLflow dataset inputs of the run."""
     spec, sources = r.spec, r.inputs.sources
     spec_digest = digest(dump_spec(spec))
-    data = data_digest("train", sources, r.inputs.s3_secret_block, data_overrides(r.inputs.overrides, "train")) \
+    data = data_digest("train", sources, r.inputs.s3_secret_block, data_overrides(r.inputs.overrides, "train"),
+                       layout_of(spec)) \
         if sources.train else \
         {"all": stage_cache.data_digest(spec, "train")[:20]}
     train_source = sources.train or str(spec.dataset.train.images)
@@ -226,7 +227,7 @@ def card(r: TrackedRun, selected: Selection, evaluation: Evaluation | None, conv
     return ModelCard(name=r.spec.model_name, spec=spec, selection=selected,
                      evaluation=evaluation, conversions=conversions,
                      params_m=sum(v.numel() for v in checkpoint.state_dict.values()) / 1e6,
-                     key_settings={**{k: v for k, v in flat.items() if k in KEY_SETTINGS}, **selected.params},
+                     key_settings={**key_settings(flat), **selected.params},
                      data_digest=lineage.data["all"], train_source=lineage.train_source,
                      spec_digest=lineage.spec_digest, flow_run_id=r.flow_run_id, run_id=r.run,
                      checkpoint_sha256=stage_cache.file_digest(selected.checkpoint)[:16], run_key=r.run_key,

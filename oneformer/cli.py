@@ -1,4 +1,5 @@
-"""TAO-style command line: `oneformer <action> -e SPEC [key=value ...]`."""
+"""TAO-style command line: `oneformer <action> -e SPEC [key=value ...]`, and the same as `mask2former` and
+`segformer` (the network from the command's name unless the spec's model.arch names it)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from oneformer.spec import dump_spec, load_spec
 log = logging.getLogger("oneformer")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="oneformer", description="OneFormer universal segmentation, TAO-compatible.")
+DESCRIPTIONS = {"oneformer": "OneFormer universal segmentation, TAO-compatible.",
+                "mask2former": "Mask2Former segmentation (one task per model), TAO-compatible.",
+                "segformer": "SegFormer semantic segmentation, TAO-compatible."}
+
+
+def _parser(prog: str = "oneformer") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTIONS[prog])
     sub = p.add_subparsers(dest="command", required=True)
     for action in TABLE.values():
         a = sub.add_parser(action.name, help=action.summary, description=action.summary)
@@ -40,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=int, default=16)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--arch", choices=list(DESCRIPTIONS), default=None,
+                   help="whose layout and spec to write (default: this command's network): oneformer and "
+                        "mask2former the COCO panoptic bucket, segformer images/<split> + masks/<split>")
     k = sub.add_parser("cache", help="list or prune the staging cache ($ONEFORMER_CACHE, capped by "
                        "ONEFORMER_CACHE_MAX_GB)")
     kv = k.add_subparsers(dest="cache_command", required=True)
@@ -55,11 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: list[str]) -> int:
-    """Parse and dispatch; returns the exit code."""
-    args = _parser().parse_args(argv)
+def run(argv: list[str], prog: str = "oneformer") -> int:
+    """Parse and dispatch; returns the exit code. `prog` is the command's name: `mask2former` and `segformer` read
+    specs as theirs where the spec does not say (model.arch)."""
+    args = _parser(prog).parse_args(argv)
+    arch = None if prog == "oneformer" else prog
     if args.command in ACTIONS:
-        spec = load_spec(args.experiment_spec, args.overrides)
+        spec = load_spec(args.experiment_spec, args.overrides, arch)
         result = TABLE[args.command].entry()(spec)
         if result:
             print(json.dumps(result, indent=1, default=str))
@@ -67,7 +78,7 @@ def run(argv: list[str]) -> int:
     if args.command == "default_specs":
         from oneformer.templates import write_templates
 
-        base = load_spec(args.experiment_spec, args.overrides) if args.experiment_spec else None
+        base = load_spec(args.experiment_spec, args.overrides, arch) if args.experiment_spec or arch else None
         results_dir = base.results_dir if base else dict(
             o.split("=", 1) for o in args.overrides if o.startswith("results_dir=")).get("results_dir")
         out = args.output or os.path.join(results_dir or "/results", "default_specs")
@@ -77,7 +88,7 @@ def run(argv: list[str]) -> int:
     if args.command == "check":
         from oneformer.check import check
 
-        spec = load_spec(args.experiment_spec, args.overrides)
+        spec = load_spec(args.experiment_spec, args.overrides, arch)
         print(dump_spec(spec))
         problems = check(spec, args.action, deep=args.deep)
         if problems:
@@ -87,7 +98,7 @@ def run(argv: list[str]) -> int:
     if args.command == "synth":
         from oneformer.data.synth import generate
 
-        print(generate(args.out, args.train, args.val, args.size, args.seed))
+        print(generate(args.out, args.train, args.val, args.size, args.seed, arch=args.arch or prog))
         return 0
     if args.command == "cache":
         from oneformer.data import cache
@@ -104,14 +115,24 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "oneformer") -> None:
     """Console entry point: clean one-paragraph errors for user mistakes, tracebacks only for bugs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        sys.exit(run(sys.argv[1:] if argv is None else argv))
+        sys.exit(run(sys.argv[1:] if argv is None else argv, prog))
     except OneFormerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def mask2former_main() -> None:
+    """The `mask2former` command (TAO's Mask2Former CLI)."""
+    main(prog="mask2former")
+
+
+def segformer_main() -> None:
+    """The `segformer` command (TAO's SegFormer CLI)."""
+    main(prog="segformer")
 
 
 if __name__ == "__main__":

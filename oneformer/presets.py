@@ -9,7 +9,8 @@ import yaml
 from oneformer.errors import SpecError
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
-PRESETS = ("smoke", "swin_tiny", "tao_default")
+PRESETS = ("smoke", "swin_tiny", "tao_default", "mask2former_smoke", "segformer_smoke")
+SMOKE = {"oneformer": "smoke", "mask2former": "mask2former_smoke", "segformer": "segformer_smoke"}  # per network
 
 
 def preset_path(name: str) -> Path:

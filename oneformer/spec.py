@@ -1,4 +1,5 @@
-"""The experiment spec: pydantic models with TAO's OneFormer key names, loading and overrides."""
+"""The experiment spec: pydantic models with TAO's key names (OneFormer, Mask2Former, SegFormer), loading and
+overrides."""
 
 from __future__ import annotations
 
@@ -10,10 +11,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from oneformer.arch_spec import (
+    ARCHS,
+    MIT_TYPES,
+    OWNED,
+    SWIN_TYPES,
+    TITLES,
+    Arch,
+    DecodeHead,
+    Mask2FormerHead,
+    SegmentConfig,
+    differs,
+    divisibility,
+    predicted_tasks,
+)
 from oneformer.errors import SpecError
 from oneformer.secrets import redact
+from oneformer.sections import Section, section, tunable
 
 log = logging.getLogger(__name__)
 
@@ -21,26 +37,6 @@ Task = Literal["semantic", "instance", "panoptic"]
 # ImageNet statistics on the 0-255 scale: the spec's default and what a model file without its own falls back to.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def tunable(default: Any, low: float, high: float, scale: str = "linear", **kw: Any) -> Any:
-    """A field AutoML may search; its bounds and scale land in the JSON Schema under `automl`."""
-    extra = {"automl": {"min": low, "max": high, "scale": scale, "default": default}}
-    return Field(default, ge=low, le=high, json_schema_extra=extra, **kw)
-
-
-class Section(BaseModel):
-    """Every spec section rejects unknown keys and re-validates on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def section(cls: type[BaseModel]) -> Any:
-    """A field holding a nested section, described by the first line of the section class's docstring."""
-    doc = (cls.__doc__ or "").strip()
-    if not doc:
-        raise TypeError(f"section {cls.__name__} needs a docstring: its first line is the field's description")
-    return Field(default_factory=cls, description=doc.splitlines()[0])
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -52,13 +48,29 @@ class SplitConfig(Section):
         None, description="COCO panoptic JSON, COCO instance JSON, or semantic JSONL"
     )
     panoptic: str | None = Field(None, description="Folder or archive of COCO panoptic PNGs")
-    format: Literal["auto", "coco_panoptic", "coco", "semantic"] = Field(
-        "auto", description="Annotation format; auto detects it from the annotation file"
+    format: Literal["auto", "coco_panoptic", "coco", "semantic", "masks"] = Field(
+        "auto", description="Annotation format; auto detects it from the annotation file (masks: annotations is a "
+                            "folder of label-id PNGs named like the images, SegFormer's layout)"
     )
     batch_size: int = Field(1, ge=1, description="Images per step (train, val: per process); test: per forward "
                                                  "pass of evaluate when evaluate.batch_size is empty")
     num_workers: int = Field(2, ge=0, description="Loader processes decoding and resizing this split's images "
                                                   "(0: in the main process)")
+    target_size: list[int] | None = Field(None, description="TAO Mask2Former's fixed evaluation size [H, W] (or "
+                                                            "[S]): every image of this split is resized to it "
+                                                            "when scored; empty: the shortest side at "
+                                                            "augmentation.test_min_size")
+
+    @field_validator("target_size", mode="before")
+    @classmethod
+    def _target_hw(cls, v: Any) -> Any:
+        if isinstance(v, int):
+            v = [v]
+        if isinstance(v, list) and len(v) == 1:
+            v = [v[0], v[0]]
+        if isinstance(v, list) and (len(v) != 2 or min(v) <= 0):
+            raise ValueError("must be [height, width] with positive values")
+        return v
 
 
 class AugmentationConfig(Section):
@@ -130,11 +142,24 @@ class DatasetConfig(Section):
     task_probability: TaskProbability = section(TaskProbability)
     quant_calibration_dataset: CalibrationConfig = section(CalibrationConfig)
     ignore_value: int = Field(255, description="Label of void pixels in semantic maps")
+    segment: SegmentConfig = section(SegmentConfig)
 
 
 # ----------------------------------------------------------------------------- model
 class SwinConfig(Section):
     """Swin Transformer backbone, TAO's key names."""
+
+    type: Literal["tiny", "small", "base", "large"] | None = Field(
+        None, description="A released Swin size (TAO Mask2Former's key): sets embed_dim, depths, num_heads, "
+                          "window_size and pretrain_img_size where those are not given")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_from_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") in SWIN_TYPES:
+            keys = ("embed_dim", "depths", "num_heads", "window_size", "pretrain_img_size")
+            data = {**dict(zip(keys, SWIN_TYPES[data["type"]])), **data}
+        return data
 
     embed_dim: int = Field(192, gt=0, description="Channels of the patch embedding; stage i has embed_dim * 2^i")
     depths: list[int] = Field(default_factory=lambda: [2, 2, 18, 2], description="Swin blocks in each stage")
@@ -194,6 +219,8 @@ class BackboneConfig(Section):
     name: Literal["D2SwinTransformer", "swin"] = Field(
         "D2SwinTransformer", description="Backbone; both names (TAO's D2SwinTransformer, swin) build transformers' "
                                          "Swin Transformer from model.backbone.swin")
+    type: str | None = Field(None, description="TAO's backbone type: swin (OneFormer, Mask2Former) or a MiT encoder "
+                                               "mit_b0..mit_b5 (SegFormer; empty: mit_b0)")
     freeze_at: int = Field(0, ge=0, description="Detectron2's convention: 0 trains everything, 1 freezes the "
                                                 "patch embedding, k > 1 also the first k-1 Swin stages")
     swin: SwinConfig = section(SwinConfig)
@@ -206,47 +233,23 @@ class BackboneConfig(Section):
         return self
 
 
-class OneFormerHead(Section):
-    """Transformer decoder and loss settings (TAO's model.one_former)."""
+class OneFormerHead(Mask2FormerHead):
+    """Transformer decoder and loss settings (TAO's model.one_former): Mask2Former's, plus the text contrast."""
 
     num_object_queries: int = Field(150, gt=0, description="Object queries of the transformer decoder: at most "
                                                            "this many segments per image; must exceed "
                                                            "model.text_encoder.n_ctx")
     hidden_dim: int = Field(256, gt=0, description="Channels of the transformer decoder's queries; must equal "
                                                    "model.text_encoder.width")
-    nheads: int = Field(8, gt=0, description="Attention heads of the transformer decoder and of the pixel "
-                                             "decoder's deformable-attention encoder")
-    dim_feedforward: int = Field(2048, gt=0, description="Hidden size of the transformer decoder's feed-forward "
-                                                         "layers")
     dec_layers: int = Field(10, ge=2, description="Transformer decoder layers, counting the prediction from the "
                                                   "initial queries (transformers builds dec_layers - 1)")
     dropout: float = Field(0.1, ge=0, le=1, description="Decoder dropout; 0 for short runs (see specs/smoke.yaml)")
-    pre_norm: bool = Field(False, description="Layer-normalize before attention and feed-forward in the "
-                                              "transformer decoder (pre-norm) instead of after")
     enforce_input_proj: bool = Field(False, description="Always project the pixel decoder's features to hidden_dim "
                                                         "with a 1x1 conv (added anyway where "
                                                         "sem_seg_head.convs_dim differs)")
-    deep_supervision: bool = Field(True, description="Also apply the losses to every intermediate decoder layer's "
-                                                     "prediction (auxiliary losses), not only the last")
-    no_object_weight: float = Field(0.1, ge=0, description="Classification loss weight of the 'no object' class")
-    class_weight: float = Field(2.0, ge=0, description="Weight of the classification loss and of its cost in "
-                                                       "the query-target matching")
-    mask_weight: float = Field(5.0, ge=0, description="Weight of the mask (binary cross-entropy) loss and of its "
-                                                      "matching cost")
-    dice_weight: float = Field(5.0, ge=0, description="Weight of the mask dice loss and of its matching cost")
     contrastive_weight: float = Field(0.5, ge=0, description="Weight of the query-text contrastive loss")
     contrastive_temperature: float = Field(0.07, gt=0, description="Initial temperature of the contrastive loss "
                                                                    "(its learned logit scale starts at 1/this)")
-    train_num_points: int = Field(12544, gt=0, description="Points sampled per mask for the mask and dice losses "
-                                                           "and matching, instead of every pixel")
-    oversample_ratio: float = Field(3.0, ge=1, description="Candidate points drawn per sampled point, among which "
-                                                           "the most uncertain are picked (PointRend)")
-    importance_sample_ratio: float = Field(0.75, ge=0, le=1, description="Share of the sampled points taken at "
-                                                                         "the most uncertain candidates; the rest "
-                                                                         "are uniform")
-    size_divisibility: int = Field(32, ge=0, description="Images are zero-padded bottom/right to a multiple of "
-                                                         "this many pixels (0 or 1: not padded in training); "
-                                                         "export.input_width/height must be multiples")
 
 
 class SemSegHead(Section):
@@ -314,15 +317,43 @@ class TaskToggling(Section):
 class ModelConfig(Section):
     """Network architecture."""
 
+    arch: Arch = Field("oneformer", description="The network: oneformer (one model for all three tasks, "
+                                                "task-conditioned), mask2former (one task per model, model.mode) "
+                                                "or segformer (semantic only, MiT encoder + MLP decoder); empty: "
+                                                "from the spec's shape (dataset.segment: segformer, "
+                                                "model.mask_former: mask2former) or the CLI's name")
+    mode: Task | None = Field(None, description="Mask2Former: the task the model is trained for and predicts "
+                                                "(default panoptic, which also answers semantic and instance); "
+                                                "SegFormer: semantic; OneFormer predicts all three (noted)")
     backbone: BackboneConfig = section(BackboneConfig)
     one_former: OneFormerHead = section(OneFormerHead)
+    mask_former: Mask2FormerHead = section(Mask2FormerHead)
     sem_seg_head: SemSegHead = section(SemSegHead)
     text_encoder: TextEncoder = section(TextEncoder)
+    decode_head: DecodeHead = section(DecodeHead)
     test: TestConfig = section(TestConfig)
     task_toggling: TaskToggling = section(TaskToggling)
 
     @model_validator(mode="after")
-    def _queries_fit_text(self) -> ModelConfig:
+    def _fits_arch(self) -> ModelConfig:
+        backbone = self.backbone.type
+        if self.arch == "segformer":
+            if backbone is not None and backbone not in MIT_TYPES:
+                hint = " (TAO's FAN backbones are not in transformers)" if backbone.startswith("fan") else ""
+                raise ValueError(f"backbone.type {backbone!r} is not a SegFormer encoder here{hint}: use one of "
+                                 f"{', '.join(MIT_TYPES)}")
+            channels = MIT_TYPES[backbone or "mit_b0"][0]
+            if self.decode_head.in_channels not in (None, channels):
+                raise ValueError(f"decode_head.in_channels {self.decode_head.in_channels} differs from "
+                                 f"{backbone or 'mit_b0'}'s stages {channels}; leave it empty")
+            if self.mode not in (None, "semantic"):
+                raise ValueError(f"mode {self.mode!r}: SegFormer predicts the semantic task only")
+            return self
+        if backbone not in (None, "swin", "D2SwinTransformer"):
+            raise ValueError(f"backbone.type {backbone!r}: {TITLES[self.arch]} is built on Swin here (swin); MiT "
+                             "encoders are SegFormer's (model.arch: segformer)")
+        if self.arch == "mask2former":
+            return self
         if self.one_former.num_object_queries <= self.text_encoder.n_ctx:
             raise ValueError(
                 f"model.one_former.num_object_queries ({self.one_former.num_object_queries}) must exceed "
@@ -335,6 +366,16 @@ class ModelConfig(Section):
                 "dimension; change both together"
             )
         return self
+
+    @property
+    def head(self) -> Mask2FormerHead:
+        """The transformer decoder section of a query-based network (one_former or mask_former)."""
+        return self.mask_former if self.arch == "mask2former" else self.one_former
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the network predicts (see predicted_tasks)."""
+        return predicted_tasks(self.arch, self.mode)
 
 
 # ----------------------------------------------------------------------------- train
@@ -649,7 +690,8 @@ class ExperimentSpec(Section):
     encryption_key: str | None = Field(None, description="TAO's model encryption key: no file written here is "
                                                          "encrypted (as TAO 5 writes .pth and .onnx); masked in "
                                                          "every file, log and MLflow param")
-    model_name: str = Field("oneformer", description="Registered model name")
+    model_name: str = Field("oneformer", description="Registered model name; default: the architecture's name "
+                                                     "(oneformer, mask2former, segformer)")
     dataset: DatasetConfig = section(DatasetConfig)
     model: ModelConfig = section(ModelConfig)
     train: TrainConfig = section(TrainConfig)
@@ -663,16 +705,44 @@ class ExperimentSpec(Section):
     @model_validator(mode="before")
     @classmethod
     def _image_size_defaults(cls, data: Any) -> Any:
-        """TAO's dataset.image_size is the evaluation and inference size where theirs are not given."""
-        size = _get(data, "dataset.image_size") if isinstance(data, dict) else None
+        """TAO's dataset.image_size is the evaluation and inference size where theirs are not given; each
+        architecture's own defaults fill what its spec leaves out."""
+        if not isinstance(data, dict):
+            return data
+        data = arch_defaults(data)
+        size = _get(data, "dataset.image_size")
         if size is None:
             return data
-        data = copy.deepcopy(data)
         if _get(data, "dataset.augmentation.test_min_size") is None:
             _set(data, "dataset.augmentation.test_min_size", size)
         if _get(data, "inference.image_size") is None:
             _set(data, "inference.image_size", [size, size])
         return data
+
+    @property
+    def arch(self) -> str:
+        """oneformer, mask2former or segformer (model.arch)."""
+        return self.model.arch
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the network predicts: model.sem_seg_head.num_classes, SegFormer's dataset.segment.num_classes."""
+        return self.dataset.segment.num_classes if self.arch == "segformer" else self.model.sem_seg_head.num_classes
+
+    @property
+    def num_classes_key(self) -> str:
+        """The spec key of num_classes, for errors."""
+        return "dataset.segment.num_classes" if self.arch == "segformer" else "model.sem_seg_head.num_classes"
+
+    @property
+    def binary_masks(self) -> bool:
+        """SegFormer's label_transform norm: masks stored as 0/255 are classes 0/1."""
+        return self.arch == "segformer" and self.dataset.segment.label_transform == "norm"
+
+    @property
+    def size_divisibility(self) -> int:
+        """Padding multiple of the network's input (a query-based head's size_divisibility; 32 for SegFormer)."""
+        return divisibility(self.arch, self.model.model_dump())
 
     def value_at(self, dotted: str) -> Any:
         """The value of a dotted key such as `dataset.val.images`."""
@@ -692,8 +762,6 @@ class ExperimentSpec(Section):
 # Keys TAO accepts that have no effect here: dropped with a note instead of failing.
 IGNORED_KEYS = {
     "model.export": "export settings live in the export section",
-    "model.mode": "use inference.mode",
-    "model.backbone.type": "the backbone is chosen by model.backbone.name",
     "dataset.cutmix_prob": "cutmix is not implemented",
     "dataset.workers": "use dataset.<split>.num_workers",
     "dataset.dataset_type": "annotations are always shared across workers",
@@ -728,8 +796,9 @@ MOVED_KEYS = {
     "model.overlap_threshold": "model.test.overlap_threshold",
     "model.test_topk_per_image": "model.test.test_topk_per_image",
     "model.one_former.mask_dim": "model.sem_seg_head.mask_dim",
-    "train.pretrained_model_path": "train.pretrained_model",
     "model.backbone.pretrained_weights": "train.pretrained_backbone",  # TAO's backbone weights (.pth or hub id)
+    "model.backbone.pretrained_backbone_path": "train.pretrained_backbone",  # SegFormer's name for them
+    "train.pretrained_model_path": "train.pretrained_model",
 }
 
 
@@ -765,8 +834,40 @@ def _get(d: dict, dotted: str) -> Any:
     return d
 
 
+# TAO Mask2Former's split keys, read as ours
+SPLIT_NAMES = {"img_dir": "images", "panoptic_dir": "panoptic", "type": "format"}
+
+
+def _split_names(raw: dict) -> list[str]:
+    """TAO Mask2Former's dataset.<split> names moved to ours: img_dir, panoptic_dir, type, and panoptic_json or
+    instance_json as annotations (the one model.mode trains on; both given: the other is noted and unused)."""
+    notes = []
+    instance_mode = _get(raw, "model.mode") == "instance"
+    for split in ("train", "val", "test"):
+        cfg = _get(raw, f"dataset.{split}")
+        if not isinstance(cfg, dict):
+            continue
+        moved = []
+        for theirs, ours in SPLIT_NAMES.items():
+            if theirs in cfg and cfg.get(ours) is None:
+                cfg[ours] = cfg.pop(theirs)
+                moved.append(f"{theirs} as {ours}")
+        pan, inst = cfg.pop("panoptic_json", None), cfg.pop("instance_json", None)
+        chosen, name = (inst, "instance_json") if (instance_mode and inst) or not pan else (pan, "panoptic_json")
+        if chosen is not None and cfg.get("annotations") is None:
+            cfg["annotations"] = chosen
+            moved.append(f"{name} as annotations")
+        if moved:
+            notes.append(f"dataset.{split}: TAO's {', '.join(moved)}")
+        if pan is not None and inst is not None:
+            unused = "panoptic_json" if name == "instance_json" else "instance_json"
+            notes.append(f"dataset.{split}.{unused} is not read: the {'instance' if instance_mode else 'panoptic'} "
+                         f"annotations ({name}) hold every target and metric of this model")
+    return notes
+
+
 def _tao_compat(raw: dict, source: str | None = None) -> list[str]:
-    notes, clashes = [], []
+    notes, clashes = _split_names(raw), []
     for old, new in MOVED_KEYS.items():
         found, value = _pop(raw, old)
         if found:
@@ -789,6 +890,107 @@ def _tao_compat(raw: dict, source: str | None = None) -> list[str]:
             notes.append(f"{key}={shown} has no effect here: {why}")
     for note in notes:
         log.info("spec: %s", note)
+    return notes
+
+
+# ----------------------------------------------------------------------------- architectures
+def arch_defaults(data: dict) -> dict:
+    """A copy of a raw spec with its architecture's defaults where it gives none: the registered name, Mask2Former's
+    panoptic mode and 960x544 export, and SegFormer's dataset.segment spelled out as the splits, sizes, batch and
+    normalization every action reads."""
+    data = copy.deepcopy(data)
+    arch = _get(data, "model.arch") or "oneformer"
+
+    def default(key: str, value: Any) -> None:
+        if _get(data, key) is None:
+            _set(data, key, value)
+
+    default("model_name", arch)
+    if arch == "mask2former":
+        default("model.mode", "panoptic")
+        default("export.input_width", 960)
+        default("export.input_height", 544)
+    if arch != "segformer":
+        return data
+    seg = _get(data, "dataset.segment")
+    seg = seg if isinstance(seg, dict) else {}
+    default("model.mode", "semantic")
+    if root := seg.get("root_dir"):
+        root = str(root).rstrip("/")
+        for split, folder in (("train", "train"), ("val", "val"), ("test", "val")):  # TAO evaluates on val
+            default(f"dataset.{split}.images", f"{root}/images/{folder}")
+            default(f"dataset.{split}.annotations", f"{root}/masks/{folder}")
+            default(f"dataset.{split}.format", "masks")
+        default("inference.images_dir", f"{root}/images/test")
+        cal = seg.get("quant_calibration_dataset")
+        default("dataset.quant_calibration_dataset.images_dir",
+                (cal.get("images_dir") if isinstance(cal, dict) else None) or f"{root}/images/train")
+    for split in ("train", "val", "test"):
+        default(f"dataset.{split}.batch_size", seg.get("batch_size", 4))
+        default(f"dataset.{split}.num_workers", seg.get("workers", 2))
+    size = seg.get("img_size", 256)
+    if isinstance(size, int) and size > 0:
+        default("dataset.image_size", size)
+        default("dataset.augmentation.train_crop_size", [size, size])
+        default("dataset.augmentation.train_min_size", [size])
+        default("dataset.augmentation.train_max_size", 4 * size)
+        default("dataset.augmentation.test_max_size", 4 * size)
+        default("export.input_width", size)
+        default("export.input_height", size)
+    aug = seg.get("augmentation") if isinstance(seg.get("augmentation"), dict) else {}
+    crop = aug.get("with_scale_random_crop")
+    if isinstance(crop, dict) and crop.get("enable") is False:
+        default("dataset.augmentation.min_scale", 1.0)
+        default("dataset.augmentation.max_scale", 1.0)
+    flip = aug.get("random_flip")
+    if isinstance(flip, dict):
+        default("dataset.augmentation.random_flip", bool(flip.get("enable", True))
+                and float(flip.get("hflip_probability", 0.5)) > 0)
+    for ours, theirs in (("pixel_mean", "mean"), ("pixel_std", "std")):
+        values = aug.get(theirs)
+        if isinstance(values, list) and all(isinstance(v, int | float) for v in values):
+            default(f"dataset.{ours}", [round(float(v) * 255, 4) for v in values])  # TAO's 0-1 scale -> ours
+    return data
+
+
+def detect_arch(raw: dict, hint: str | None = None, source: str | None = None) -> str:
+    """The network a raw spec describes: model.arch, else the command's (`mask2former`, `segformer`), else the
+    spec's shape (dataset.segment: SegFormer, model.mask_former: Mask2Former), else OneFormer."""
+    given = _get(raw, "model.arch")
+    if given is not None and given not in ARCHS:
+        raise SpecError([f"model.arch: {given!r} is not one of {', '.join(ARCHS)}"], source)
+    if given and hint and given != hint:
+        raise SpecError([f"model.arch is {given!r} but this is the `{hint}` command: run `{given} <action>` (or "
+                         f"`oneformer <action>`), or set model.arch: {hint}"], source)
+    if given or hint:
+        return given or hint
+    if isinstance(_get(raw, "dataset.segment"), dict):
+        return "segformer"
+    return "mask2former" if isinstance(_get(raw, "model.mask_former"), dict) else "oneformer"
+
+
+_DEFAULTS: dict = {}
+
+
+def check_owned(raw: dict, arch: str, source: str | None = None) -> list[str]:
+    """Refuse keys of another architecture (set to something other than their defaults); returns notes for keys
+    that have no effect in this one."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(ExperimentSpec().model_dump(mode="json"))
+    errors, notes = [], []
+    for key, owners in OWNED.items():
+        value = _get(raw, key)
+        if arch not in owners and value is not None and differs(value, _get(_DEFAULTS, key)):
+            names = " and ".join(TITLES[o] for o in owners)
+            errors.append(f"{key} is a {names} key, but this spec's network is {TITLES[arch]} (model.arch: {arch}):"
+                          f" remove it, or set model.arch: {owners[0]}")
+    if errors:
+        raise SpecError(errors, source)
+    if arch == "oneformer":
+        found, mode = _pop(raw, "model.mode")
+        if found and mode is not None:
+            notes.append(f"model.mode={mode!r} has no effect here: OneFormer predicts all three tasks (choose one with "
+                         "inference.mode and export.task)")
     return notes
 
 
@@ -860,10 +1062,14 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def build_spec(raw: dict, source: str | None = None) -> ExperimentSpec:
-    """Validate a raw dict into an ExperimentSpec, reporting every problem with its full key path."""
+def build_spec(raw: dict, source: str | None = None, arch: str | None = None) -> ExperimentSpec:
+    """Validate a raw dict into an ExperimentSpec, reporting every problem with its full key path; `arch` is the
+    network the command is for (`mask2former train`), where the spec does not say."""
     raw = copy.deepcopy(raw)
+    _set(raw, "model.arch", detect_arch(raw, arch, source))
     _tao_compat(raw, source)
+    for note in check_owned(raw, raw["model"]["arch"], source):
+        log.info("spec: %s", note)
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
@@ -871,11 +1077,11 @@ def build_spec(raw: dict, source: str | None = None) -> ExperimentSpec:
 
 
 def load_spec(
-    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, arch: str | None = None
 ) -> ExperimentSpec:
-    """Load a YAML spec (or the defaults), apply `key=value` overrides, and validate it."""
+    """Load a YAML spec (or the defaults), apply `key=value` overrides, and validate it (`arch`: see build_spec)."""
     raw = read_yaml(path) if path else {}
-    return build_spec(apply_overrides(raw, overrides), str(path) if path else None)
+    return build_spec(apply_overrides(raw, overrides), str(path) if path else None, arch)
 
 
 def with_values(spec: ExperimentSpec, values: dict[str, Any], source: str = "derived spec") -> ExperimentSpec:

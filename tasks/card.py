@@ -11,8 +11,27 @@ from tasks.results import ChampionScore, Conversion, Evaluation, Selection, tria
 
 # Spec keys every card shows (the chosen trial's tuned values are added to them).
 KEY_SETTINGS = ("train.optim.lr", "train.optim.backbone_multiplier", "train.optim.weight_decay", "train.num_epochs",
-                "dataset.train.batch_size", "model.sem_seg_head.num_classes", "dataset.image_size",
-                "train.optim.lr_scheduler")
+                "dataset.train.batch_size", "model.sem_seg_head.num_classes", "dataset.segment.num_classes",
+                "model.arch", "model.mode", "dataset.image_size", "train.optim.lr_scheduler")
+OWN_KEYS = {"model.sem_seg_head.num_classes": ("oneformer", "mask2former"),
+            "dataset.segment.num_classes": ("segformer",), "model.mode": ("mask2former", "segformer")}
+
+
+def key_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """The card's key settings from a flattened spec: those of its network (SegFormer counts classes elsewhere)."""
+    arch = flat.get("model.arch", "oneformer")
+    return {k: flat[k] for k in KEY_SETTINGS if k in flat and arch in OWN_KEYS.get(k, (arch,))}
+
+
+def network_line(spec: dict[str, Any]) -> str:
+    """One line naming the network and its size."""
+    model = spec["model"]
+    arch, swin = model.get("arch", "oneformer"), model["backbone"]["swin"]
+    if arch == "segformer":
+        return f"SegFormer ({model['backbone'].get('type') or 'mit_b0'} encoder, MLP decoder, semantic only)"
+    queries = model["mask_former" if arch == "mask2former" else "one_former"]["num_object_queries"]
+    title = f"Mask2Former, mode {model.get('mode')}" if arch == "mask2former" else "OneFormer"
+    return f"{title} (Swin embed {swin['embed_dim']}, depths {swin['depths']}, {queries} queries)"
 
 
 @dataclass(frozen=True)
@@ -94,14 +113,13 @@ class ModelCard:
 
     def markdown(self) -> str:
         """Markdown for the version's description."""
-        spec, swin = self.spec, self.spec["model"]["backbone"]["swin"]
+        spec = self.spec
         per_class = self.evaluation.per_class if self.evaluation else []
         export = spec["export"]
         parts = [
             f"# {self.name} v{self.version or '?'}",
-            f"OneFormer ({spec['model']['backbone']['name']}, Swin embed {swin['embed_dim']}, depths {swin['depths']}),"
-            f" {self.params_m:.1f}M parameters, {spec['model']['one_former']['num_object_queries']} queries; exported "
-            f"task: {export['task']} at {export['input_height']}x{export['input_width']}.",
+            f"{network_line(spec)}, {self.params_m:.1f}M parameters; exported task: {export['task']} at "
+            f"{export['input_height']}x{export['input_width']}.",
             "## Data",
             f"- training data digest `{self.data_digest}` from `{self.train_source}`",
             f"- {len(per_class)} classes: {', '.join(r['name'] for r in per_class)}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from oneformer.actions import TABLE
+from oneformer.actions import TABLE, bucket_inputs
 
 
 class DataSources(BaseModel):
@@ -33,11 +33,12 @@ def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
 
 
-def required(action: str, sources: DataSources, given: dict[str, str] | None = None) -> dict[str, str]:
-    """Spec key -> URI for every file `action` needs: from the sources that are set, except where the run's
-    overrides (`given`) name the file themselves; the spec keeps the rest."""
+def required(action: str, sources: DataSources, given: dict[str, str] | None = None, layout: str = "oneformer"
+             ) -> dict[str, str]:
+    """Spec key -> URI for every file `action` needs: from the sources that are set (in the network's bucket
+    layout), except where the run's overrides (`given`) name the file themselves; the spec keeps the rest."""
     given = given or {}
-    from_sources = {i.key: join(getattr(sources, i.source), i.file) for i in TABLE[action].inputs
+    from_sources = {i.key: join(getattr(sources, i.source), i.file) for i in bucket_inputs(action, layout)
                     if getattr(sources, i.source)}
     return {**from_sources, **{k: v for k, v in given.items() if k in from_sources}}
 

@@ -8,7 +8,7 @@ import json
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from oneformer.actions import TABLE
+from oneformer.actions import TABLE, layout_of
 from oneformer.data.staging import fingerprint, is_remote, stage_all
 from oneformer.errors import OneFormerError, StorageError
 from oneformer.spec import ExperimentSpec
@@ -104,9 +104,10 @@ def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = 
     itself names, staged side by side with the block's S3 settings; unchanged objects reuse the staged copy. A file
     the run's overrides name (`given`) wins over the source's."""
     logger = get_run_logger()
+    layout = layout_of(spec) if spec else "oneformer"
     named = {i.key: str(v) for i in TABLE[action].inputs if spec and (v := spec.value_at(i.key)) and is_remote(str(v))}
-    uris = {**named, **required(action, sources, given)}
-    for key in sorted(set(given or {}) & set(required(action, sources))):
+    uris = {**named, **required(action, sources, given, layout)}
+    for key in sorted(set(given or {}) & set(required(action, sources, None, layout))):
         logger.info("%s: the override %s is used instead of the %s source's file", key, uris[key],
                     next(i.source for i in TABLE[action].inputs if i.key == key))
     out = {key: str(path) for key, path in stage_all(uris, options=s3_options(s3_secret_block)).items()}
@@ -118,11 +119,11 @@ def stage_data(action: str, sources: DataSources, s3_secret_block: str | None = 
 @task(name="fingerprint-data", task_run_name="fingerprint {action} data", retries=2, retry_delay_seconds=5,
       retry_condition_fn=transient)
 def data_digest(action: str, sources: DataSources, s3_secret_block: str | None = None,
-                given: dict[str, str] | None = None) -> dict[str, str]:
+                given: dict[str, str] | None = None, layout: str = "oneformer") -> dict[str, str]:
     """One digest over every file `action` reads from the sources (or the overrides that replace them), plus each
     source's own (for MLflow inputs)."""
     options = s3_options(s3_secret_block)
-    parts = {key: fingerprint(uri, options) for key, uri in sorted(required(action, sources, given).items())}
+    parts = {key: fingerprint(uri, options) for key, uri in sorted(required(action, sources, given, layout).items())}
     out = {"all": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]}
     source_of = {i.key: i.source for i in TABLE[action].inputs}
     for source in ("train", "eval", "inference", "calibration"):

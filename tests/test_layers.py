@@ -14,7 +14,7 @@ PACKAGES = ("oneformer", "tasks", "flows")
 # ("oneformer" itself is only the package's __init__: a new module of the package must be placed here).
 LAYERS = {
     "oneformer": 0, "oneformer.errors": 0, "oneformer.spec": 0, "oneformer.secrets": 0, "oneformer.presets": 0,
-    "oneformer.artifacts": 0,
+    "oneformer.artifacts": 0, "oneformer.arch_spec": 0, "oneformer.sections": 0,
     "oneformer.data": 1,
     "oneformer.model": 2,
     "oneformer.runtime": 3,

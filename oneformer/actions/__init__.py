@@ -89,6 +89,38 @@ TABLE: dict[str, Action] = {a.name: a for a in (
 ACTIONS: tuple[str, ...] = tuple(TABLE)
 
 
+# TAO's bucket layouts of the other networks: Mask2Former names its files for their content (the instance model trains
+# on annotations.json, the others on annotations_panoptic.json); SegFormer's sources are roots holding images/<split>
+# and masks/<split> folders, with no label map or panoptic PNGs.
+MASK2FORMER_FILES = {"annotations.json": "annotations_panoptic.json", "label_map.json": "label_map_panoptic.json"}
+SEGFORMER_FILES = {"dataset.train.images": "images/train", "dataset.train.annotations": "masks/train",
+                   "dataset.val.images": "images/val", "dataset.val.annotations": "masks/val",
+                   "dataset.test.images": "images/val", "dataset.test.annotations": "masks/val",
+                   "inference.images_dir": "images/test",
+                   "dataset.quant_calibration_dataset.images_dir": "images/train"}
+LAYOUTS = ("oneformer", "mask2former", "mask2former_instance", "segformer")
+
+
+def layout_of(spec: ExperimentSpec) -> str:
+    """Which bucket layout the spec's network reads (see bucket_inputs)."""
+    if spec.arch == "mask2former" and spec.model.mode == "instance":
+        return "mask2former_instance"
+    return spec.arch
+
+
+def bucket_inputs(action: str, layout: str = "oneformer") -> tuple[DataInput, ...]:
+    """TABLE[action].inputs with the file names of a network's bucket layout (LAYOUTS)."""
+    inputs = TABLE[action].inputs
+    if layout == "mask2former":
+        return tuple(replace(i, file=MASK2FORMER_FILES.get(i.file, i.file)) for i in inputs)
+    if layout == "mask2former_instance":
+        return tuple(replace(i, file=MASK2FORMER_FILES["label_map.json"]) if i.file == "label_map.json" else i
+                     for i in inputs)
+    if layout == "segformer":
+        return tuple(replace(i, file=SEGFORMER_FILES[i.key]) for i in inputs if i.key in SEGFORMER_FILES)
+    return inputs
+
+
 def not_set(action: str, key: str) -> str:
     """The message for a required input left unset, the same from `oneformer check` and from the action."""
     why = next((i.why for i in TABLE[action].inputs if i.key == key), "")

@@ -12,12 +12,15 @@ from pathlib import Path
 import onnx
 import torch
 import torch.nn.functional as F
+from transformers.models.mask2former import modeling_mask2former
 from transformers.models.oneformer import modeling_oneformer
 
+from oneformer.arch_spec import divisibility
 from oneformer.artifacts import StatusWriter, atomic_path, output_path, sha256, write_json
 from oneformer.errors import ConversionError, SpecError
 from oneformer.model.checkpoint import resolve
 from oneformer.model.foreign import read_any
+from oneformer.model.network import forward
 from oneformer.parity import compare, sample_images
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.postprocess import semantic_scores
@@ -32,20 +35,27 @@ MIN_OPSET = 16  # GridSample (the pixel decoder's deformable attention) exists f
 
 
 class TaskGraph(torch.nn.Module):
-    """The network with the task text fixed in a buffer: pixel_values in, the exported task's outputs out."""
+    """The network with OneFormer's task text fixed in a buffer (Mask2Former and SegFormer take none): pixel_values
+    in, the exported task's outputs out."""
 
-    def __init__(self, net: torch.nn.Module, task_ids: torch.Tensor, output: str) -> None:
+    def __init__(self, net: torch.nn.Module, task_ids: torch.Tensor | None, output: str) -> None:
         super().__init__()
         self.net, self.output = net, output
-        self.register_buffer("task_inputs", task_ids[None].clone())
+        self.task_inputs: torch.Tensor | None
+        if task_ids is not None:
+            self.register_buffer("task_inputs", task_ids[None].clone())
+        else:
+            self.task_inputs = None
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        tokens = self.task_inputs.expand(pixel_values.shape[0], -1)
-        out = self.net(pixel_values=pixel_values, task_inputs=tokens)
-        cls, masks = out.class_queries_logits, out.masks_queries_logits
-        if self.output == "logits":
-            return cls, masks
-        scores = semantic_scores(cls, masks)
+        tokens = self.task_inputs.expand(pixel_values.shape[0], -1) if self.task_inputs is not None else None
+        out = forward(self.net, pixel_values, tokens)
+        if "scores" in out:  # SegFormer's per-class logits
+            scores = out["scores"]
+        elif self.output == "logits":
+            return out["class_logits"], out["mask_logits"]
+        else:
+            scores = semantic_scores(out["class_logits"], out["mask_logits"])
         if self.output == "scores":
             return (scores,)
         up = F.interpolate(scores, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
@@ -104,15 +114,18 @@ def deformable_attention(value: torch.Tensor, shapes: list[tuple[int, int]], loc
 
 @contextmanager
 def exportable() -> Iterator[None]:
-    """transformers' OneFormer made exportable and fast while the export runs (site-packages stay untouched).
+    """transformers' OneFormer and Mask2Former made exportable and fast while the export runs (site-packages stay
+    untouched).
 
-    The deformable attention and the prediction heads are traced as `deformable_attention` and
+    The deformable attention (both) and OneFormer's prediction heads are traced as `deformable_attention` and
     `prediction_heads`: the same outputs, in a form ONNX Runtime can run and runs faster.
     """
     original = modeling_oneformer.multi_scale_deformable_attention
+    original_m2f = modeling_mask2former.multi_scale_deformable_attention
     decoder = modeling_oneformer.OneFormerTransformerDecoder
     heads = decoder.forward_prediction_heads
     modeling_oneformer.multi_scale_deformable_attention = deformable_attention
+    modeling_mask2former.multi_scale_deformable_attention = deformable_attention
     decoder.forward_prediction_heads = prediction_heads
     try:
         with warnings.catch_warnings():
@@ -120,6 +133,7 @@ def exportable() -> Iterator[None]:
             yield
     finally:
         modeling_oneformer.multi_scale_deformable_attention = original
+        modeling_mask2former.multi_scale_deformable_attention = original_m2f
         decoder.forward_prediction_heads = heads
 
 
@@ -131,7 +145,9 @@ def output_kind(task: str, semantic_output: str) -> str:
 def check_size(spec: ExperimentSpec, divisor: int) -> tuple[int, int]:
     """The export input size, which must be a multiple of the network's size divisibility."""
     cfg = spec.export
-    bad = [f"export.{k}={v} is not a multiple of {divisor} (model.one_former.size_divisibility)"
+    where = {"oneformer": "model.one_former.size_divisibility", "mask2former": "model.mask_former.size_divisibility",
+             "segformer": "SegFormer's four stride-2 stages"}[spec.arch]
+    bad = [f"export.{k}={v} is not a multiple of {divisor} ({where})"
            for k, v in (("input_height", cfg.input_height), ("input_width", cfg.input_width)) if v % divisor]
     if bad:
         raise SpecError(bad)
@@ -172,12 +188,16 @@ def export_checkpoint(checkpoint: Path, out: Path, spec: ExperimentSpec, min_agr
     torch_model = TorchPredictor(checkpoint, device="cpu", spec=spec)  # spec: the network of a TAO / Detectron2 file
     size = check_size(spec, torch_model.info.size_divisibility)
     kind = output_kind(cfg.task, cfg.semantic_output)
+    if cfg.task not in torch_model.info.tasks:
+        raise SpecError([f"export.task={cfg.task}: this {torch_model.info.arch} model predicts "
+                         f"{', '.join(torch_model.info.tasks)}; export one of those"])
     info = ModelInfo(task=cfg.task, output=kind, input_size=list(size), mean=torch_model.info.mean,
                      std=torch_model.info.std, label_map=torch_model.info.label_map,
                      contiguous_id=torch_model.info.contiguous_id,
                      size_divisibility=torch_model.info.size_divisibility, source=str(checkpoint),
-                     source_sha256=sha256(checkpoint))
-    graph = TaskGraph(torch_model.net, torch_model.text.task_ids[cfg.task], kind).eval()
+                     source_sha256=sha256(checkpoint), arch=torch_model.info.arch, tasks=[cfg.task])
+    task_ids = torch_model.text.task_ids[cfg.task] if torch_model.text is not None else None
+    graph = TaskGraph(torch_model.net, task_ids, kind).eval()
     images = sample_images(spec, cfg.parity_images, "export's parity check")  # before tracing: a missing set fails fast
     t0 = time.monotonic()
     version = opset(cfg.opset_version)
@@ -206,9 +226,8 @@ def export(spec: ExperimentSpec) -> dict:
     out_dir = spec.action_dir("export")
     checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint")
     # the size check before anything is written; mapped, so the weights are read once, by the export itself
-    trained = read_any(checkpoint, "export.checkpoint", mmap=True, spec=spec).spec.get("model", {}).get(
-        "one_former", {})
-    check_size(spec, trained.get("size_divisibility") or 32)
+    ckpt = read_any(checkpoint, "export.checkpoint", mmap=True, spec=spec)
+    check_size(spec, divisibility(ckpt.hf_config.get("model_type", "oneformer"), ckpt.spec.get("model", {})))
     out = output_path(cfg.onnx_file, out_dir / "model.onnx", cfg.overwrite, "export.onnx_file", "export.overwrite")
     status = StatusWriter(out_dir)
     status.write("STARTED", f"Export of {checkpoint}")

@@ -16,7 +16,7 @@ from oneformer.artifacts import write_json
 from oneformer.data.datasets import SegmentationDataModule
 from oneformer.data.tokenizer import TextTable
 from oneformer.model.checkpoint import best_entry, read_index
-from oneformer.model.network import checkpoint_backbone, freeze, freeze_stages, hf_config, num_text
+from oneformer.model.network import checkpoint_backbone, freeze, freeze_stages, network_config, num_text
 from oneformer.model.pretrained import load_backbone, load_pretrained
 from oneformer.spec import ExperimentSpec
 from oneformer.training.launch import in_spawned_process, run_processes
@@ -87,9 +87,10 @@ def _train(spec: ExperimentSpec, callbacks: list[pl.Callback] | None, logger: pl
     # seconds; nothing is written before the data, the resume point and the pretrained weights have been read.
     inputs = validate_training(spec, deep=deep)
     labels = inputs.labels
-    config = hf_config(spec.model, labels.names)
-    text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length)
-    data = SegmentationDataModule(spec, labels, text, num_text(config), (inputs.train, inputs.val))
+    config = network_config(spec, labels.names)
+    text = TextTable(labels.names, config.task_seq_len, config.text_encoder_context_length) \
+        if spec.arch == "oneformer" else None
+    data = SegmentationDataModule(spec, labels, text, num_text(config) if text else 0, (inputs.train, inputs.val))
     module = SegmentationModule(spec, config, labels)
     if spec.train.pretrained_model:
         load_pretrained(module.net, spec.train.pretrained_model, spec)

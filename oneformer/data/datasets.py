@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 def read_labels(spec: ExperimentSpec, check: bool = True) -> LabelMap:
     """The label map from dataset.label_map, else from the training annotations' categories."""
     ds = spec.dataset
-    if ds.label_map:
+    if spec.arch == "segformer" and not ds.label_map:
+        labels = LabelMap.from_palette(ds.segment.palette or [], ds.segment.num_classes)
+    elif ds.label_map:
         labels = LabelMap.read(stage_input(ds.label_map, "dataset.label_map"), ds.contiguous_id)
     else:
         source = ds.train.annotations or ds.val.annotations
@@ -33,7 +35,7 @@ def read_labels(spec: ExperimentSpec, check: bool = True) -> LabelMap:
         key = "dataset.train.annotations" if ds.train.annotations else "dataset.val.annotations"
         labels = labels_from_annotations(source, ds.contiguous_id, key)
     if check:
-        labels.check_fits(spec.model.sem_seg_head.num_classes, "dataset.label_map")
+        labels.check_fits(spec.num_classes, "dataset.label_map", spec.num_classes_key)
     return labels
 
 
@@ -55,22 +57,37 @@ def load_pair(rec: Record, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, li
 def read_splits(spec: ExperimentSpec, labels: LabelMap, deep: bool = False) -> tuple[list[Record], list[Record]]:
     """The training and validation records, validated (every file decoded with `deep`)."""
     ds = spec.dataset
+    binary = spec.binary_masks
     train = read_split(ds.train.annotations, ds.train.images, ds.train.panoptic, ds.train.format, labels,
-                       "dataset.train", deep)
-    val = (read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format, labels, "dataset.val", deep)
-           if ds.val.annotations else [])
+                       "dataset.train", deep, ds.ignore_value, binary)
+    val = (read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format, labels, "dataset.val", deep,
+                      ds.ignore_value, binary) if ds.val.annotations else [])
     return train, val
 
 
-class TrainDataset(Dataset):
-    """Augmented images with targets for a task sampled per image (OneFormer's joint training)."""
+def task_weights(spec: ExperimentSpec) -> tuple[float, float, float] | None:
+    """How often each task's targets are built per training image: OneFormer samples one per image
+    (dataset.task_probability), Mask2Former trains its model.mode only; None: SegFormer's per-pixel labels."""
+    if spec.arch == "segformer":
+        return None
+    if spec.arch == "mask2former":
+        return tuple(float(spec.model.mode == t) for t in ("semantic", "instance", "panoptic"))
+    p = spec.dataset.task_probability
+    return (p.semantic, p.instance, p.panoptic)
 
-    def __init__(self, records: list[Record], labels: LabelMap, cfg: DatasetConfig, text: TextTable,
-                 num_text: int, size_divisibility: int) -> None:
+
+class TrainDataset(Dataset):
+    """Augmented images with the network's targets: masks and classes of a task sampled per image (OneFormer's joint
+    training, with its text), of the one task of a Mask2Former model, or SegFormer's per-pixel labels."""
+
+    def __init__(self, records: list[Record], labels: LabelMap, cfg: DatasetConfig, text: TextTable | None,
+                 num_text: int, size_divisibility: int,
+                 weights: tuple[float, float, float] | None = None) -> None:
         self.records, self.labels, self.cfg, self.text = records, labels, cfg, text
         self.num_text, self.divisor = num_text, size_divisibility
         p = cfg.task_probability
-        self.probs = (p.semantic, p.instance, p.panoptic)
+        self.probs = weights if weights is not None else (p.semantic, p.instance, p.panoptic)
+        self.per_pixel = weights is None and text is None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -80,20 +97,22 @@ class TrainDataset(Dataset):
         rec = self.records[i]
         image, ids, segments = load_pair(rec, self.labels)
         image, ids, valid = train_transform(image, ids, self.cfg.augmentation, rng)
-        task, masks, classes = build_targets(ids, segments, sample_task(self.probs, rng))
         pixels = pad_divisible(normalize(image, self.cfg.pixel_mean, self.cfg.pixel_std), self.divisor)
         h, w = pixels.shape[-2:]
+        if self.per_pixel:
+            sem = torch.from_numpy(semantic_map(ids, segments, self.cfg.ignore_value))
+            labels = torch.full((h, w), self.cfg.ignore_value, dtype=torch.long)
+            labels[: sem.shape[0], : sem.shape[1]] = sem
+            return {"pixel_values": pixels, "labels": labels, "ignore_value": self.cfg.ignore_value}
+        task, masks, classes = build_targets(ids, segments, sample_task(self.probs, rng))
         masks = pad_divisible(masks, self.divisor)
         valid_t = pad_divisible(torch.from_numpy(valid)[None].float(), self.divisor)[0]
-        return {
-            "pixel_values": pixels,
-            "pixel_mask": valid_t.long(),
-            "mask_labels": masks[:, :h, :w],
-            "class_labels": classes,
-            "task_inputs": self.text.task_ids[task],
-            "text_inputs": self.text.text_inputs(task, classes, self.num_text),
-            "task": task,
-        }
+        item = {"pixel_values": pixels, "pixel_mask": valid_t.long(), "mask_labels": masks[:, :h, :w],
+                "class_labels": classes, "task": task}
+        if self.text is not None:
+            item["task_inputs"] = self.text.task_ids[task]
+            item["text_inputs"] = self.text.text_inputs(task, classes, self.num_text)
+        return item
 
 
 class EvalDataset(Dataset):
@@ -101,6 +120,8 @@ class EvalDataset(Dataset):
 
     def __init__(self, records: list[Record], labels: LabelMap, cfg: DatasetConfig, text: TextTable | None,
                  num_text: int, size_divisibility: int, with_targets: bool = True) -> None:
+        """`with_targets`: the masks and classes a query-based network's validation loss needs (OneFormer's with
+        its task text)."""
         self.records, self.labels, self.cfg, self.text = records, labels, cfg, text
         self.num_text, self.divisor, self.with_targets = num_text, size_divisibility, with_targets
 
@@ -121,11 +142,12 @@ class EvalDataset(Dataset):
             "index": i,
             "semantic": torch.from_numpy(semantic_map(ids, segments, self.cfg.ignore_value)),
         }
-        if self.with_targets and self.text is not None:
+        if self.with_targets:
             _, masks, classes = build_targets(small_ids, segments, "semantic")
             item["mask_labels"] = pad_divisible(masks, self.divisor)
             item["class_labels"] = classes
-            item["task_inputs"] = self.text.task_ids["semantic"]
+            if self.text is not None:
+                item["task_inputs"] = self.text.task_ids["semantic"]
         return item
 
 
@@ -147,6 +169,11 @@ def collate(items: list[dict]) -> dict:
             out[key] = torch.stack(
                 [torch.nn.functional.pad(v, (0, wmax - v.shape[-1], 0, hmax - v.shape[-2])) for v in values]
             )
+        elif key == "labels":  # SegFormer's per-pixel labels, padded as void
+            out[key] = torch.stack([torch.nn.functional.pad(v, (0, wmax - v.shape[-1], 0, hmax - v.shape[-2]),
+                                                            value=items[0]["ignore_value"]) for v in values])
+        elif key == "ignore_value":
+            continue
         else:
             out[key] = torch.stack(values)
     return out
@@ -155,12 +182,13 @@ def collate(items: list[dict]) -> dict:
 class SegmentationDataModule(pl.LightningDataModule):
     """Reads and validates the splits once, then serves train and validation loaders."""
 
-    def __init__(self, spec: ExperimentSpec, labels: LabelMap, text: TextTable, num_text: int,
+    def __init__(self, spec: ExperimentSpec, labels: LabelMap, text: TextTable | None, num_text: int,
                  splits: tuple[list[Record], list[Record]] | None = None) -> None:
+        """`text`: OneFormer's task and class text; None for Mask2Former and SegFormer."""
         super().__init__()
         self.spec, self.labels, self.text, self.num_text = spec, labels, text, num_text
         self.train_records, self.val_records = splits if splits is not None else read_splits(spec, labels)
-        self.divisor = spec.model.one_former.size_divisibility
+        self.divisor = spec.size_divisibility
 
     def _shard(self) -> tuple[int, int]:
         """(rank, world size) of this process in a DDP run; (0, 1) alone."""
@@ -169,7 +197,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         split = self.spec.dataset.train
-        data = TrainDataset(self.train_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor)
+        data = TrainDataset(self.train_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor,
+                            task_weights(self.spec))
         rank, world = self._shard()
         sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.spec.train.seed) if world > 1 \
             else None
@@ -182,7 +211,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         if not self.val_records:
             return []
         split = self.spec.dataset.val
-        data = EvalDataset(self.val_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor)
+        data = EvalDataset(self.val_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor,
+                           with_targets=self.spec.arch != "segformer")
         rank, world = self._shard()
         # every image on exactly one process (torch's DistributedSampler pads with repeats, which the gathered
         # confusion matrix would count twice)

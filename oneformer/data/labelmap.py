@@ -69,8 +69,10 @@ class LabelMap:
         return [{"id": c.id, "name": c.name, "isthing": c.isthing, "color": list(c.color)} for c in self.categories]
 
     @classmethod
-    def from_list(cls, items: list[dict], contiguous: bool = True, source: str = "label map") -> LabelMap:
-        """Parse and validate `[{id, name, isthing, color}, ...]`."""
+    def from_list(cls, items: list[dict], contiguous: bool = True, source: str = "label map", min_id: int = 0
+                  ) -> LabelMap:
+        """Parse and validate `[{id, name, isthing, color}, ...]`; a user's file takes TAO's rule (min_id 1), a
+        SegFormer palette or a stored map (checkpoint, model file) also id 0."""
         if not isinstance(items, list) or not items:
             raise DataError(f"{source}: expected a non-empty JSON list of {{id, name, isthing, color}}")
         cats, seen = [], set()
@@ -78,7 +80,7 @@ class LabelMap:
             if not isinstance(item, dict) or "id" not in item or "name" not in item:
                 raise DataError(f"{source}: entry {n} needs at least 'id' and 'name' (got {item!r})")
             cid = int(item["id"])
-            if cid <= 0:
+            if cid < min_id:
                 raise DataError(f"{source}: category id {cid} ({item['name']!r}) must be > 0, as TAO requires")
             if cid in seen:
                 raise DataError(f"{source}: category id {cid} appears twice; give each category its own id")
@@ -100,15 +102,31 @@ class LabelMap:
                             f"{exc.msg}); fix the file or point dataset.label_map at TAO's label_map.json") from None
         if isinstance(items, dict) and "categories" in items:
             items = items["categories"]
-        return cls.from_list(items, contiguous, f"dataset.label_map: {p}")
+        return cls.from_list(items, contiguous, f"dataset.label_map: {p}", min_id=1)
 
-    def check_fits(self, num_classes: int, source: str) -> None:
-        """Every class index must be < model.sem_seg_head.num_classes."""
+    @classmethod
+    def from_palette(cls, palette: list, num_classes: int) -> LabelMap:
+        """SegFormer's dataset.segment.palette (seg_class, label_id, rgb, mapping_class) as a label map whose ids are
+        the mask values; a class mapped onto another trains as that one. Without a palette: classes
+        0..num_classes-1 by mask value."""
+        if not palette:
+            return cls.from_list([{"id": i, "name": f"class_{i}", "isthing": False} for i in range(num_classes)])
+        by_name = {p.seg_class: p for p in palette}
+        trained = [p for p in palette if (p.mapping_class or p.seg_class) == p.seg_class]
+        labels = cls.from_list([{"id": p.label_id, "name": p.seg_class, "isthing": False, "color": p.rgb}
+                                for p in trained], True, "dataset.segment.palette")
+        for p in palette:  # mask values of mapped classes read as their target's class
+            if p.mapping_class and p.mapping_class != p.seg_class:
+                labels.index[p.label_id] = labels.index[by_name[p.mapping_class].label_id]
+        return labels
+
+    def check_fits(self, num_classes: int, source: str, key: str = "model.sem_seg_head.num_classes") -> None:
+        """Every class index must be < the network's class count (`key`)."""
         for c in self.categories:
             if self.index[c.id] >= num_classes:
                 raise DataError(
                     f"{source}: category id {c.id} ({c.name!r}) maps to class {self.index[c.id]}, "
-                    f"beyond model.sem_seg_head.num_classes={num_classes}; raise num_classes to at least "
+                    f"beyond {key}={num_classes}; raise num_classes to at least "
                     f"{self.num_classes} or set dataset.contiguous_id=true"
                 )
 

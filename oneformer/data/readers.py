@@ -1,4 +1,5 @@
-"""Readers for COCO panoptic, COCO instance and semantic JSONL, validated before any training step."""
+"""Readers for COCO panoptic, COCO instance, semantic JSONL and mask folders (SegFormer's layout), validated before
+any training step."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Record:
     panoptic_png: Path | None = None
     coco_anns: list[dict] = field(default_factory=list)
     semantic_png: Path | None = None
+    binary_255: bool = False  # SegFormer's label_transform norm: a 0/255 mask read as classes 0/1
 
 
 def rgb_to_id(png: np.ndarray) -> np.ndarray:
@@ -101,7 +103,9 @@ def _coco(path: Path, key: str) -> dict:
 
 
 def detect_format(annotations: Path, key: str = "annotations") -> str:
-    """coco_panoptic, coco, or semantic, from the annotation file itself."""
+    """coco_panoptic, coco, semantic, or masks (a folder), from the annotation file itself."""
+    if annotations.is_dir():
+        return "masks"
     if annotations.suffix == ".jsonl":
         return "semantic"
     anns = _coco(annotations, key).get("annotations") or [{}]
@@ -207,6 +211,25 @@ def read_semantic_jsonl(ann_file: Path, images: Path | None, labels: LabelMap,
         out.append(Record(img, n, 0, 0, "semantic", semantic_png=segm))
     if not out:
         raise DataError(f"{key}: {ann_file} lists no images")
+    return out
+
+
+def read_mask_folder(masks: Path, images: Path | None, key: str, binary_255: bool = False) -> list[Record]:
+    """SegFormer's layout: every image of the image folder with the PNG of the same relative name (any image
+    suffix -> .png) in the mask folder; an image without its mask is an error naming it."""
+    if images is None:
+        raise DataError(f"{key}: a mask folder needs the split's images folder too")
+    out, missing = [], []
+    for img in list_images(images, key.replace("annotations", "images")):
+        mask = masks / img.relative_to(images).with_suffix(".png")
+        if not mask.is_file():
+            missing.append(img.relative_to(images).as_posix())
+            continue
+        out.append(Record(img, img.relative_to(images).with_suffix("").as_posix(), 0, 0, "semantic",
+                          semantic_png=mask, binary_255=binary_255))
+    if missing:
+        raise DataError(f"{key}: {len(missing)} images of {images} have no mask in {masks} (named like the image, "
+                        f".png): {', '.join(missing[:5])}")
     return out
 
 
@@ -362,14 +385,14 @@ def stage_input(uri: str, key: str) -> Path:
 
 def read_split(
     annotations: str | None, images: str | None, panoptic: str | None, fmt: str, labels: LabelMap, what: str,
-    deep: bool = False, ignore_value: int = 255,
+    deep: bool = False, ignore_value: int = 255, binary_255: bool = False,
 ) -> list[Record]:
     """Stage and read one split, validating ids, classes and files (headers; every pixel with `deep`)."""
     if not annotations:
         raise DataError(f"{what}.annotations is not set")
     key = f"{what}.annotations"
     ann = stage_input(annotations, key)
-    if ann.is_dir():
+    if ann.is_dir() and fmt not in ("auto", "masks"):
         raise DataError(f"{key}: {annotations} is a folder; give the annotation file (annotations.json)")
     origins = []
     img = stage_input(images, f"{what}.images") if images else None
@@ -386,10 +409,15 @@ def read_split(
         if img is None:
             raise DataError(f"{what}.images is not set")
         records = _fields(key, ann, lambda: read_coco_instance(ann, img, labels, key))
+    elif kind == "masks":
+        records = read_mask_folder(ann, img, key, binary_255)
+        origins.append(Origin(key, str(annotations), ann))
     else:
         records = _fields(key, ann, lambda: read_semantic_jsonl(ann, img, labels, key))
         origins.append(Origin(key, str(annotations), ann.parent))
-    allowed = {c.id for c in labels.categories} | {0, ignore_value}  # what a semantic mask may hold
+    allowed = set(labels.index) | {0, ignore_value}  # what a semantic mask may hold (mapped palette ids too)
+    if binary_255:
+        allowed |= {255}
     check_records(records, what, origins, deep, f"{key} ({ann})", allowed)
     log.info("%s: %d images (%s)%s", what, len(records), kind, ", every file decoded" if deep else "")
     return records
@@ -401,7 +429,7 @@ def labels_from_annotations(annotations: str, contiguous: bool, key: str = "data
     if ann.suffix == ".jsonl":
         raise DataError("semantic JSONL data needs dataset.label_map")
     data = _coco(ann, key)
-    return LabelMap.from_list(data.get("categories", []), contiguous, f"{key}: {ann} categories")
+    return LabelMap.from_list(data.get("categories", []), contiguous, f"{key}: {ann} categories", min_id=1)
 
 
 def load_target(rec: Record, labels: LabelMap) -> tuple[np.ndarray, list[Segment]]:
@@ -425,6 +453,8 @@ def load_target(rec: Record, labels: LabelMap) -> tuple[np.ndarray, list[Segment
         raw = np.asarray(im).astype(np.int64)
     if raw.ndim == 3:
         raw = raw[..., 0]
+    if rec.binary_255:
+        raw = (raw > 127).astype(np.int64)
     lut = np.zeros(max(int(raw.max()) + 1, 256), dtype=np.int32)
     for cid, idx in labels.index.items():
         if cid < len(lut):

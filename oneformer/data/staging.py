@@ -84,6 +84,9 @@ def _digest_file(path: Path) -> str:
 
 def _fingerprint_remote(fs: fsspec.AbstractFileSystem, uri: str, info: dict | None = None) -> str:
     info = info or fs.info(uri)
+    if info.get("type") == "directory":  # a prefix (SegFormer's images/<split>): the listing of its objects
+        listing = sorted(f"{k}|{_fingerprint_remote(fs, k, v)}" for k, v in fs.find(uri, detail=True).items())
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:20]
     tag = info.get("ETag") or info.get("etag") or info.get("md5") or ""
     raw = f"{uri}|{tag}|{info.get('size')}|{info.get('LastModified', info.get('mtime', ''))}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
@@ -328,9 +331,12 @@ def stream_extract(uri: str, what: str = "data path", options: dict | None = Non
 
 
 def download(uri: str, what: str = "data path", options: dict | None = None) -> Path:
-    """Copy a remote object into the cache, keyed by its ETag/size, and reuse it while unchanged."""
+    """Copy a remote object (or every object under a prefix: a folder) into the cache, keyed by its ETag/size, and
+    reuse it while unchanged."""
     fs, path, info = _remote(uri, what, options)
     key = _fingerprint_remote(fs, path, info)
+    if info.get("type") == "directory":
+        return _download_folder(fs, uri, path, key, what)
     name, entry = f"{OBJECTS}/{key}", cache_root() / OBJECTS / key
     target = entry / Path(path).name
     cache.use(name)
@@ -355,6 +361,39 @@ def download(uri: str, what: str = "data path", options: dict | None = None) -> 
             else:
                 fs.get_file(path, str(part))
         cache.write_marker(entry, uri)
+    cache.evict(keep=entry)
+    return target
+
+
+def _download_folder(fs: fsspec.AbstractFileSystem, uri: str, path: str, key: str, what: str) -> Path:
+    """A remote prefix copied object by object into a cache folder that appears whole or not at all."""
+    name, entry = f"{OBJECTS}/{key}", cache_root() / OBJECTS / key
+    target = entry / Path(path).name
+    cache.use(name)
+    with cache.building(name):
+        if cache.complete(entry) and target.is_dir():
+            log.info("staging: reusing %s (unchanged)", uri)
+            cache.touch(entry)
+            return target
+        shutil.rmtree(entry, ignore_errors=True)
+        objects = sorted(fs.find(path))
+        if not objects:
+            raise _empty(what, uri)
+        log.info("staging: downloading %d objects under %s", len(objects), uri)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root()))
+        try:
+            with transfer(what, uri):
+                for n, obj in enumerate(objects, start=1):
+                    local = tmp / Path(path).name / Path(obj).relative_to(path.rstrip("/"))
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    local.write_bytes(fs.cat_file(obj))
+                    if n % 500 == 0:
+                        log.info("staging: %d/%d objects of %s", n, len(objects), uri)
+            cache.write_marker(tmp, uri)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     cache.evict(keep=entry)
     return target
 

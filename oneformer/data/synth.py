@@ -141,35 +141,94 @@ def _write_images_only(out: Path, name: str, count: int, size: int, rng: np.rand
 
 
 def generate(out: str | Path, train: int = 64, val: int = 16, size: int = 128, seed: int = 0,
-             inference: int = 4, calibration: int = 8) -> Path:
-    """Write the bucket layout and a ready spec.yaml (CPU smoke preset) under `out`; returns the spec path."""
-    from oneformer.presets import preset
-
+             inference: int = 4, calibration: int = 8, arch: str = "oneformer") -> Path:
+    """Write the network's dataset layout and a ready spec.yaml (its CPU smoke preset, in its TAO key names) under
+    `out`; returns the spec path. The same seed gives the same images for every network."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    if arch == "segformer":
+        return _segformer(out, train, val, size, rng, inference)
     _write_split(out, "train", train, size, rng, 1)
     _write_split(out, "eval", val, size, rng, 100000)
     _write_images_only(out, "inference", inference, size, rng)
     _write_images_only(out, "calibration", calibration, size, rng)
-    spec = preset("smoke")
-    spec["results_dir"] = str(out / "results")
-    spec["dataset"].update({
-        "label_map": str(out / "train" / "label_map.json"),
-        "train": {**spec["dataset"].get("train", {}), "images": str(out / "train/images.tar.gz"),
-                  "annotations": str(out / "train/annotations.json"),
-                  "panoptic": str(out / "train/images_panoptic.tar.gz")},
-        "val": {**spec["dataset"].get("val", {}), "images": str(out / "eval/images.tar.gz"),
-                "annotations": str(out / "eval/annotations.json"),
-                "panoptic": str(out / "eval/images_panoptic.tar.gz")},
-        "test": {**spec["dataset"].get("test", {}), "images": str(out / "eval/images.tar.gz"),
-                 "annotations": str(out / "eval/annotations.json"),
-                 "panoptic": str(out / "eval/images_panoptic.tar.gz")},
-        "quant_calibration_dataset": {"images_dir": str(out / "calibration/images.tar.gz")},
-    })
+    spec = _mask2former_spec(out) if arch == "mask2former" else _oneformer_spec(out)
     spec["model"]["sem_seg_head"]["num_classes"] = len(CATEGORIES)
+    spec["results_dir"] = str(out / "results")
     spec.setdefault("inference", {})["images_dir"] = str(out / "inference/images.tar.gz")
     path = out / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    log.info("synthetic dataset: %d train, %d val images of %dpx in %s", train, val, size, out)
+    log.info("synthetic %s dataset: %d train, %d val images of %dpx in %s", arch, train, val, size, out)
+    return path
+
+
+def _oneformer_spec(out: Path) -> dict:
+    """OneFormer's bucket: images.tar.gz, images_panoptic.tar.gz, annotations.json (panoptic), label_map.json."""
+    from oneformer.presets import preset
+
+    spec = preset("smoke")
+    spec["dataset"].update({
+        "label_map": str(out / "train" / "label_map.json"),
+        **{split: {**spec["dataset"].get(split, {}), "images": str(out / f"{folder}/images.tar.gz"),
+                   "annotations": str(out / f"{folder}/annotations.json"),
+                   "panoptic": str(out / f"{folder}/images_panoptic.tar.gz")}
+           for split, folder in (("train", "train"), ("val", "eval"), ("test", "eval"))},
+        "quant_calibration_dataset": {"images_dir": str(out / "calibration/images.tar.gz")},
+    })
+    return spec
+
+
+def _mask2former_spec(out: Path) -> dict:
+    """TAO Mask2Former's bucket names: annotations.json (instances), annotations_panoptic.json,
+    label_map_panoptic.json, and its spec keys (type, img_dir, panoptic_json, panoptic_dir, instance_json)."""
+    from oneformer.presets import preset
+
+    for folder in ("train", "eval"):
+        d = out / folder
+        (d / "annotations.json").replace(d / "annotations_panoptic.json")
+        (d / "instances.json").replace(d / "annotations.json")
+        (d / "label_map.json").replace(d / "label_map_panoptic.json")
+    spec = preset("mask2former_smoke")
+    spec["dataset"].update({
+        "label_map": str(out / "train" / "label_map_panoptic.json"),
+        **{split: {**spec["dataset"].get(split, {}), "type": "coco_panoptic",
+                   "img_dir": str(out / f"{folder}/images.tar.gz"),
+                   "panoptic_json": str(out / f"{folder}/annotations_panoptic.json"),
+                   "panoptic_dir": str(out / f"{folder}/images_panoptic.tar.gz"),
+                   "instance_json": str(out / f"{folder}/annotations.json")}
+           for split, folder in (("train", "train"), ("val", "eval"), ("test", "eval"))},
+        "quant_calibration_dataset": {"images_dir": str(out / "calibration/images.tar.gz")},
+    })
+    return spec
+
+
+def _segformer(out: Path, train: int, val: int, size: int, rng: np.random.Generator, inference: int) -> Path:
+    """TAO SegFormer's layout: <root>/images/{train,val,test} and <root>/masks/{train,val}, one label-id PNG per
+    image (mask value = palette label_id = category id - 1), and a spec with dataset.segment and its palette."""
+    from oneformer.presets import preset
+
+    root = out / "data"
+    for split, count in (("train", train), ("val", val), ("test", inference)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        if split != "test":
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            image, ids, infos = make_image(rng, size)
+            name = f"{split}_{k:05d}"
+            (root / "images" / split / f"{name}.jpg").write_bytes(_encode(image, "JPEG"))
+            if split != "test":
+                mask = np.full(ids.shape, 255, np.uint8)
+                for seg in infos:
+                    mask[ids == seg["id"]] = seg["category_id"] - 1
+                (root / "masks" / split / f"{name}.png").write_bytes(_encode(mask, "PNG"))
+    spec = preset("segformer_smoke")
+    spec["results_dir"] = str(out / "results")
+    spec["dataset"]["segment"].update({
+        "root_dir": str(root), "num_classes": len(CATEGORIES),
+        "palette": [{"seg_class": c["name"], "rgb": c["color"], "label_id": c["id"] - 1, "mapping_class": c["name"]}
+                    for c in CATEGORIES]})
+    path = out / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    log.info("synthetic segformer dataset: %d train, %d val images of %dpx in %s", train, val, size, root)
     return path

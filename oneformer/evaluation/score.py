@@ -49,11 +49,12 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
     split's num_workers loader processes."""
     what, split = eval_split(spec, prefer)
     labels = model.labels
-    records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what)
+    records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what,
+                         ignore_value=spec.dataset.ignore_value, binary_255=spec.binary_masks)
     limit = max_images or spec.evaluate.max_images
     records = records[:limit] if limit else records
-    tasks = model_tasks(spec, records[0].kind)
     files = model if isinstance(model, PredictionFiles) else None
+    tasks = [t for t in model_tasks(spec, records[0].kind) if files is not None or t in model.info.tasks]
     task = None if files is not None else model.info.task
     if task is not None:
         if task not in tasks:
@@ -76,7 +77,7 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
             progress(n + 1, len(records))
         return scorer
     batch = spec.evaluate.batch_size or split.batch_size
-    images = EvalImages(records, labels, model.info, spec.dataset.augmentation)
+    images = EvalImages(records, labels, model.info, spec.dataset.augmentation, split.target_size)
     workers = min(split.num_workers, len(records))
     loader = DataLoader(images, batch_size=batch, num_workers=workers, collate_fn=list, worker_init_fn=worker_init)
     done = 0
@@ -99,8 +100,9 @@ class EvalImages(Dataset):
     """The split's images decoded, resized and normalized, and their ground truth, in loader worker processes (the
     predictor stays in the main one)."""
 
-    def __init__(self, records: list[Record], labels: LabelMap, info: ModelInfo, aug: AugmentationConfig) -> None:
-        self.records, self.labels, self.info, self.aug = records, labels, info, aug
+    def __init__(self, records: list[Record], labels: LabelMap, info: ModelInfo, aug: AugmentationConfig,
+                 target_size: list[int] | None = None) -> None:
+        self.records, self.labels, self.info, self.aug, self.target = records, labels, info, aug, target_size
 
     def __len__(self) -> int:
         return len(self.records)
@@ -109,7 +111,7 @@ class EvalImages(Dataset):
         rec = self.records[n]
         gt_ids, gt_segs = load_target(rec, self.labels)
         image = read_image(rec.image)
-        size = self.info.input_size or eval_size(*image.shape[:2], self.aug)
+        size = self.info.input_size or self.target or eval_size(*image.shape[:2], self.aug)
         prep = prepare(image, (size[0], size[1]), self.info.mean, self.info.std, self.info.size_divisibility)
         return n, gt_ids, gt_segs, prep
 

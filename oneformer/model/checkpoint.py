@@ -21,6 +21,20 @@ log = logging.getLogger(__name__)
 META_KEY = "oneformer"
 INDEX = "checkpoints.json"
 LATEST = "oneformer_model_latest.pth"
+ARCH_NAMES = ("oneformer", "mask2former", "segformer")
+
+
+def latest_name(arch: str = "oneformer") -> str:
+    """TAO's link to the newest checkpoint, named for the network: <arch>_model_latest.pth."""
+    return f"{arch}_model_latest.pth"
+
+
+def latest_link(train_dir: Path) -> Path:
+    """The train folder's latest link, whichever network wrote it (oneformer_model_latest.pth if none did)."""
+    for arch in ARCH_NAMES:
+        if (path := Path(train_dir) / latest_name(arch)).exists():
+            return path
+    return Path(train_dir) / LATEST
 NAME = "model_epoch_{epoch:03d}_step_{step:05d}.pth"
 PREFIX = "net."
 FILE_SUFFIXES = (".pth", ".ckpt", ".pt", ".pkl")  # weight files: ours, or (read with a spec) TAO's and Detectron2's
@@ -184,8 +198,8 @@ def keep_best_and_latest(train_dir: Path, metric: str = "mIoU") -> int:
     entries = read_index(train_dir)
     best = best_entry(entries, metric)
     keep = {Path(best["path"]).resolve()} if best else set()
-    if (train_dir / LATEST).exists():
-        keep.add((train_dir / LATEST).resolve())
+    if (latest := latest_link(train_dir)).exists():
+        keep.add(latest.resolve())
     freed = 0
     for e in entries:
         path = Path(e["path"])
@@ -207,9 +221,10 @@ def resolve(value: str | None, train_dir: Path, key: str) -> Path:
         return path
     train_dir = Path(train_dir)
     if value == "latest":
-        latest = train_dir / LATEST
+        latest = latest_link(train_dir)
         if not latest.exists():
-            raise CheckpointError(f"{key}=latest: no {LATEST} in {train_dir}; train first or give a path")
+            raise CheckpointError(f"{key}=latest: no <arch>_model_latest.pth in {train_dir}; train first or give "
+                                  "a path")
         return latest.resolve()
     entries = read_index(train_dir)
     best = best_entry(entries)

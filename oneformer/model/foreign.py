@@ -28,7 +28,7 @@ from oneformer.model.checkpoint import (
     weights_only_load,
 )
 from oneformer.model.detectron2_names import SPEC_SET, TEXT, UNUSED, Converted, from_detectron2, spec_differences
-from oneformer.model.network import build_network, hf_config
+from oneformer.model.network import build_network, network_config
 from oneformer.model.unpickle import load_restricted, stand_ins
 from oneformer.spec import ExperimentSpec, public_dict
 
@@ -227,7 +227,7 @@ def read_foreign(path: str | Path, spec: ExperimentSpec, key: str | None = None,
             converted.tensors.pop(name)
             converted.ignored.append(converted.source.pop(name))
     with torch.random.fork_rng(devices=[]):  # the fill must not move the caller's random stream (seeded training)
-        net = build_network(hf_config(spec.model, labels.names))
+        net = build_network(network_config(spec, labels.names))
     own = net.state_dict()
     report = Report(f"{where}{path}", found.naming, ignored=converted.ignored, stand_ins=stand_ins(raw))
     report.loaded = [k for k in own if k in converted.tensors and converted.tensors[k].shape == own[k].shape]

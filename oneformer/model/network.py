@@ -1,23 +1,57 @@
-"""transformers' OneFormerForUniversalSegmentation built from the spec or a checkpoint, its modes, and freezing."""
+"""transformers' networks (OneFormer, Mask2Former, SegFormer) built from the spec or a checkpoint, their forward
+passes, modes, and freezing."""
 
 from __future__ import annotations
 
 import fnmatch
 
-from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, SwinConfig
+import torch
+from transformers import (
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    OneFormerConfig,
+    OneFormerForUniversalSegmentation,
+    PretrainedConfig,
+    PreTrainedModel,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    SwinConfig,
+)
 
+from oneformer.arch_spec import MIT_TYPES
 from oneformer.errors import CheckpointError
 from oneformer.model.checkpoint import Checkpoint
-from oneformer.spec import ModelConfig
+from oneformer.spec import ExperimentSpec, ModelConfig
+from oneformer.spec import SwinConfig as SwinSpec
 
-Network = OneFormerForUniversalSegmentation
+Network = PreTrainedModel  # one of NETWORKS' classes
+# transformers' model_type of each network is the spec's model.arch
+NETWORKS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
+    "oneformer": (OneFormerConfig, OneFormerForUniversalSegmentation),
+    "mask2former": (Mask2FormerConfig, Mask2FormerForUniversalSegmentation),
+    "segformer": (SegformerConfig, SegformerForSemanticSegmentation),
+}
 
 
-def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFormerConfig:
-    """Map TAO's model keys onto transformers' OneFormerConfig (Swin backbone)."""
-    swin = model.backbone.swin
+def _labels(names: list[str] | None, n: int) -> dict:
+    """id2label / label2id for n classes, named where the label map names them."""
+    names = [names[i] if names and i < len(names) else f"class_{i}" for i in range(n)]
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def network_config(spec: ExperimentSpec, class_names: list[str] | None = None) -> PretrainedConfig:
+    """The transformers config of the spec's network (model.arch)."""
+    if spec.arch == "mask2former":
+        return mask2former_config(spec.model, class_names)
+    if spec.arch == "segformer":
+        return segformer_config(spec, class_names)
+    return hf_config(spec.model, class_names)
+
+
+def swin_config(swin: SwinSpec) -> SwinConfig:
+    """TAO's model.backbone.swin as transformers' SwinConfig."""
     stages = [f"stage{i + 1}" for i in swin.out_indices]
-    backbone = SwinConfig(
+    return SwinConfig(
         image_size=swin.pretrain_img_size,
         patch_size=swin.patch_size,
         embed_dim=swin.embed_dim,
@@ -32,14 +66,58 @@ def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFo
         use_absolute_embeddings=swin.ape,
         out_features=stages,
     )
+
+
+def mask2former_config(model: ModelConfig, class_names: list[str] | None = None) -> Mask2FormerConfig:
+    """Map TAO's Mask2Former keys onto transformers' Mask2FormerConfig (Swin backbone)."""
+    head, seg = model.mask_former, model.sem_seg_head
+    return Mask2FormerConfig(
+        backbone_config=swin_config(model.backbone.swin),
+        num_labels=seg.num_classes,
+        **_labels(class_names, seg.num_classes),
+        ignore_value=seg.ignore_value,
+        num_queries=head.num_object_queries,
+        no_object_weight=head.no_object_weight,
+        class_weight=head.class_weight,
+        mask_weight=head.mask_weight,
+        dice_weight=head.dice_weight,
+        train_num_points=head.train_num_points,
+        oversample_ratio=head.oversample_ratio,
+        importance_sample_ratio=head.importance_sample_ratio,
+        use_auxiliary_loss=head.deep_supervision,
+        feature_size=seg.convs_dim,
+        mask_feature_size=seg.mask_dim,
+        hidden_dim=head.hidden_dim,
+        encoder_feedforward_dim=seg.dim_feedforward,
+        encoder_layers=seg.transformer_enc_layers,
+        decoder_layers=head.dec_layers,
+        num_attention_heads=head.nheads,
+        dim_feedforward=head.dim_feedforward,
+        dropout=head.dropout,
+        pre_norm=head.pre_norm,
+        enforce_input_projection=head.enforce_input_proj,
+        common_stride=seg.common_stride,
+    )
+
+
+def segformer_config(spec: ExperimentSpec, class_names: list[str] | None = None) -> SegformerConfig:
+    """Map TAO's SegFormer keys onto transformers' SegformerConfig (a MiT encoder by model.backbone.type)."""
+    sizes, depths, width = MIT_TYPES[spec.model.backbone.type or "mit_b0"]
+    head, n = spec.model.decode_head, spec.num_classes
+    return SegformerConfig(num_labels=n, **_labels(class_names, n), hidden_sizes=sizes, depths=depths,
+                           decoder_hidden_size=head.decoder_params.embed_dims or width,
+                           classifier_dropout_prob=head.dropout_ratio,
+                           semantic_loss_ignore_index=spec.dataset.ignore_value)
+
+
+def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFormerConfig:
+    """Map TAO's OneFormer keys onto transformers' OneFormerConfig (Swin backbone)."""
     head, seg, text = model.one_former, model.sem_seg_head, model.text_encoder
     n = seg.num_classes
-    names = class_names or [f"class_{i}" for i in range(n)]
     return OneFormerConfig(
-        backbone_config=backbone,
+        backbone_config=swin_config(model.backbone.swin),
         num_labels=n,
-        id2label={i: names[i] if i < len(names) else f"class_{i}" for i in range(n)},
-        label2id={(names[i] if i < len(names) else f"class_{i}"): i for i in range(n)},
+        **_labels(class_names, n),
         ignore_value=seg.ignore_value,
         num_queries=head.num_object_queries,
         no_object_weight=head.no_object_weight,
@@ -87,17 +165,47 @@ def set_training_mode(net: Network, training: bool) -> None:
 
     transformers stores the flag on several sub-modules at construction; `.eval()` alone leaves them on.
     """
-    net.config.is_training = training
+    if hasattr(net.config, "is_training"):
+        net.config.is_training = training
     for module in net.modules():
         if hasattr(module, "is_training"):
             module.is_training = training
     net.train(training)
 
 
-def build_network(config: OneFormerConfig) -> Network:
-    """A freshly initialized network (always with the text mapper, so checkpoints can resume training)."""
-    config.is_training = True
-    return OneFormerForUniversalSegmentation(config)
+def build_network(config: PretrainedConfig) -> Network:
+    """A freshly initialized network of the config's kind (OneFormer always with the text mapper, so checkpoints can
+    resume training)."""
+    if config.model_type == "oneformer":
+        config.is_training = True
+    return NETWORKS[config.model_type][1](config)
+
+
+def uses_text(net: Network) -> bool:
+    """OneFormer is conditioned on task text; Mask2Former and SegFormer are not."""
+    return net.config.model_type == "oneformer"
+
+
+def training_loss(net: Network, batch: dict) -> torch.Tensor:
+    """The network's own training loss on a collated batch (see oneformer.data.datasets)."""
+    if net.config.model_type == "segformer":
+        return net(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+    text = {"task_inputs": batch["task_inputs"], "text_inputs": batch["text_inputs"]} if uses_text(net) else {}
+    return net(pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"],
+               class_labels=batch["class_labels"], pixel_mask=batch["pixel_mask"], **text).loss
+
+
+def forward(net: Network, pixels: torch.Tensor, task_inputs: torch.Tensor | None = None, **targets: object
+            ) -> dict[str, torch.Tensor]:
+    """Inference outputs of any of the networks: class_logits [B, Q, C+1] and mask_logits [B, Q, h, w] of a
+    query-based one (OneFormer with its task tokens), or SegFormer's per-class logits [B, C, H/4, W/4] as scores;
+    with `targets` (mask_labels, class_labels) a query-based network's loss too."""
+    if net.config.model_type == "segformer":
+        return {"scores": net(pixel_values=pixels).logits}
+    text = {"task_inputs": task_inputs} if uses_text(net) else {}
+    out = net(pixel_values=pixels, **text, **targets)
+    result = {"class_logits": out.class_queries_logits, "mask_logits": out.masks_queries_logits}
+    return {**result, "loss": out.loss} if out.loss is not None else result
 
 
 # TAO's (Detectron2's) OneFormer module names, as transformers' parameter-name prefixes
@@ -114,13 +222,15 @@ TAO_MODULES = {
     "text_projector": ("model.text_mapper.text_projector.",),
     "prompt_ctx": ("model.text_mapper.prompt_ctx.",),
 }
+SEGFORMER_MODULES = {"backbone": ("segformer.",), "decode_head": ("decode_head.",)}  # the MiT encoder, the MLP head
 
 
 def freeze(net: Network, patterns: list[str]) -> int:
     """Freeze parameters named by TAO's module names (backbone, pixel_decoder, ...) or matching fnmatch patterns
     or prefixes of transformers' names; returns how many were frozen."""
-    prefixes = [prefix for pat in patterns for prefix in TAO_MODULES.get(pat.rstrip(".*"), ())]
-    raw = [pat for pat in patterns if pat.rstrip(".*") not in TAO_MODULES]
+    modules = SEGFORMER_MODULES if net.config.model_type == "segformer" else TAO_MODULES
+    prefixes = [prefix for pat in patterns for prefix in modules.get(pat.rstrip(".*"), ())]
+    raw = [pat for pat in patterns if pat.rstrip(".*") not in modules]
     count = 0
     for name, p in net.named_parameters():
         if name.startswith(tuple(prefixes)) or any(fnmatch.fnmatch(name, pat) or name.startswith(pat) for pat in raw):
@@ -128,7 +238,7 @@ def freeze(net: Network, patterns: list[str]) -> int:
             count += 1
     if patterns and count == 0:
         raise CheckpointError(f"train.freeze {patterns} matches no parameter name: use TAO's module names "
-                              f"({', '.join(TAO_MODULES)}) or patterns of the parameter names "
+                              f"({', '.join(modules)}) or patterns of the parameter names "
                               f"(model.pixel_level_module.encoder.*, ...)")
     return count
 
@@ -145,7 +255,7 @@ def freeze_stages(net: Network, freeze_at: int) -> int:
 def checkpoint_backbone(net: Network) -> bool:
     """Gradient checkpointing of the Swin backbone (transformers supports it there, not for the whole OneFormer):
     its activations are recomputed in backward instead of kept; False where the backbone cannot."""
-    encoder = net.model.pixel_level_module.encoder
+    encoder = net.segformer if net.config.model_type == "segformer" else net.model.pixel_level_module.encoder
     if not getattr(encoder, "supports_gradient_checkpointing", False):
         return False
     encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -153,13 +263,16 @@ def checkpoint_backbone(net: Network) -> bool:
 
 
 def is_backbone_param(name: str) -> bool:
-    """Backbone parameters get lr * backbone_multiplier."""
-    return ".pixel_level_module.encoder." in f".{name}"
+    """Backbone parameters get lr * backbone_multiplier (Swin's, or SegFormer's MiT encoder)."""
+    return ".pixel_level_module.encoder." in f".{name}" or name.startswith("segformer.")
 
 
 def load_network(ckpt: Checkpoint, training: bool = False) -> Network:
     """The network with a checkpoint's weights, in inference mode unless asked otherwise."""
-    net = build_network(OneFormerConfig.from_dict(ckpt.hf_config))
+    kind = ckpt.hf_config.get("model_type", "oneformer")
+    if kind not in NETWORKS:
+        raise CheckpointError(f"{ckpt.path}: a {kind} network, not one of {', '.join(NETWORKS)}")
+    net = build_network(NETWORKS[kind][0].from_dict(ckpt.hf_config))
     missing, unexpected = net.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt.path}: weights do not match its own config "

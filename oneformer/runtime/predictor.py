@@ -44,6 +44,8 @@ class ModelInfo:
     source: str = ""
     source_sha256: str = ""
     precision: str = "fp32"
+    arch: str = "oneformer"  # the network: oneformer, mask2former, segformer
+    tasks: list[str] = field(default_factory=lambda: ["semantic", "instance", "panoptic"])  # what it can answer
 
     def to_json(self) -> str:
         """Serialized for ONNX metadata and engine sidecars."""
@@ -142,6 +144,14 @@ def check_task(info: ModelInfo, task: str, path: Path) -> None:
     if info.task is not None and task != info.task:
         raise OneFormerError(f"{path} was exported for the {info.task} task, not {task}: export it again with "
                              f"export.task={task}, or run the checkpoint")
+    check_answers(info, task, path)
+
+
+def check_answers(info: ModelInfo, task: str, path: Path) -> None:
+    """A network answers only the tasks it predicts (SegFormer semantic; Mask2Former its model.mode's)."""
+    if task not in info.tasks:
+        raise OneFormerError(f"{path}: this {info.arch} model predicts {', '.join(info.tasks)}, not {task}; "
+                             f"ask for {info.tasks[-1]}")
 
 
 def outputs_from(names: list[str], arrays: list[np.ndarray]) -> Outputs:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from oneformer.artifacts import StatusWriter, link
-from oneformer.model.checkpoint import LATEST, NAME, read_index, write_index
+from oneformer.model.checkpoint import NAME, latest_name, read_index, write_index
 
 KPIS = ("mIoU", "val_loss", "train_loss", "val_images")
 
@@ -20,8 +20,8 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
 class EpochCheckpoint(pl.Callback):
     """Every `interval` epochs (and at the last) save model_epoch_EEE_step_SSSSS.pth and index it."""
 
-    def __init__(self, train_dir: Path, interval: int) -> None:
-        self.dir, self.interval = Path(train_dir), interval
+    def __init__(self, train_dir: Path, interval: int, arch: str = "oneformer") -> None:
+        self.dir, self.interval, self.arch = Path(train_dir), interval, arch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -37,7 +37,7 @@ class EpochCheckpoint(pl.Callback):
             entries.append({"path": str(path), "epoch": epoch, "step": trainer.global_step,
                             "metrics": _metrics(trainer)})
             write_index(self.dir, entries)
-            link(self.dir / LATEST, path.name)
+            link(self.dir / latest_name(self.arch), path.name)
 
 
 class _RankZeroWriter:

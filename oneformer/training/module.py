@@ -1,4 +1,5 @@
-"""The LightningModule: HF OneFormer losses for training, semantic mIoU for validation."""
+"""The LightningModule: the network's own losses for training (OneFormer, Mask2Former, SegFormer), semantic mIoU
+for validation."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import logging
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from oneformer.data.labelmap import LabelMap
 from oneformer.evaluation.metrics import ConfusionMatrix
 from oneformer.model.checkpoint import META_KEY, checkpoint_meta
-from oneformer.model.network import Network, build_network, set_training_mode
-from oneformer.runtime.postprocess import semantic, semantic_scores
+from oneformer.model.network import Network, build_network, forward, set_training_mode, training_loss
+from oneformer.runtime.postprocess import semantic_scores, to_image_size
 from oneformer.spec import ExperimentSpec
 from oneformer.training.optim import build_optimizer, build_schedule, describe_groups
 
@@ -29,16 +31,9 @@ class SegmentationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.net(
-            pixel_values=batch["pixel_values"],
-            task_inputs=batch["task_inputs"],
-            text_inputs=batch["text_inputs"],
-            mask_labels=batch["mask_labels"],
-            class_labels=batch["class_labels"],
-            pixel_mask=batch["pixel_mask"],
-        )
-        self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch["class_labels"]))
-        return out.loss
+        loss = training_loss(self.net, batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["pixel_values"]))
+        return loss
 
     # ------------------------------------------------------------------ validation
     def on_validation_model_eval(self) -> None:
@@ -52,19 +47,22 @@ class SegmentationModule(pl.LightningModule):
         self.val_images, self.val_loss_sum = 0, 0.0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.net(
-            pixel_values=batch["pixel_values"],
-            task_inputs=batch["task_inputs"],
-            mask_labels=batch["mask_labels"],
-            class_labels=batch["class_labels"],
-        )
-        self.val_images += len(batch["index"])
-        self.val_loss_sum += float(out.loss) * len(batch["index"])
+        targets = {k: batch[k] for k in ("mask_labels", "class_labels") if k in batch}
+        out = forward(self.net, batch["pixel_values"], batch.get("task_inputs"), **targets)
+        n = len(batch["index"])
+        self.val_images += n
         input_hw = tuple(batch["pixel_values"].shape[-2:])
-        for i in range(len(batch["index"])):  # the same semantic path as evaluate and every exported model
-            scores = semantic_scores(out.class_queries_logits[i], out.masks_queries_logits[i]).cpu()
-            label = semantic(scores, input_hw, batch["valid_hw"][i], batch["orig_hw"][i])
-            self.confusion.update(label, batch["semantic"][i].numpy())
+        losses = []
+        for i in range(n):  # the same semantic path as evaluate and every exported model
+            scores = out["scores"][i] if "scores" in out else semantic_scores(out["class_logits"][i],
+                                                                             out["mask_logits"][i])
+            full = to_image_size(scores.float().cpu(), input_hw, batch["valid_hw"][i], batch["orig_hw"][i])
+            truth = batch["semantic"][i]
+            if "loss" not in out:  # SegFormer: its loss on the image at its own size
+                loss = F.cross_entropy(full[None], truth[None], ignore_index=self.spec.dataset.ignore_value)
+                losses.append(float(loss.nan_to_num(0.0)))
+            self.confusion.update(full.argmax(0).to(torch.int32).numpy(), truth.numpy())
+        self.val_loss_sum += float(out["loss"]) * n if "loss" in out else sum(losses)
 
     def on_validation_epoch_end(self) -> None:
         mat = torch.as_tensor(self.confusion.mat, device=self.device)

@@ -74,7 +74,7 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
         gradient_clip_val=cfg.clip_grad_norm or None,
         gradient_clip_algorithm="value" if cfg.clip_grad_type == "value" else "norm",
         plugins=[SafeCheckpointIO()],
-        callbacks=[EpochCheckpoint(train_dir, cfg.checkpoint_interval), StatusCallback(status),
+        callbacks=[EpochCheckpoint(train_dir, cfg.checkpoint_interval, spec.arch), StatusCallback(status),
                    pl.callbacks.TQDMProgressBar(refresh_rate=10), *(callbacks or [])],
         logger=logger,
         enable_checkpointing=False,

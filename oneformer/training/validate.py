@@ -17,9 +17,9 @@ from oneformer.data.readers import Record
 from oneformer.errors import CheckpointError, DataError, OneFormerError, SpecError
 from oneformer.model.checkpoint import (
     FILE_SUFFIXES,
-    LATEST,
     META_KEY,
     PREFIX,
+    latest_link,
     read_index,
     read_resume,
     safe_load,
@@ -65,7 +65,7 @@ def resume_point(spec: ExperimentSpec, train_dir: Path) -> tuple[Path | None, st
     explicit = spec.train.resume_training_checkpoint_path
     if explicit:
         return Path(explicit), RESUME_KEY
-    latest = train_dir / LATEST
+    latest = latest_link(train_dir)
     # the newest whole checkpoint: the index is written before the link moves, so a run killed in between left an
     # indexed checkpoint newer than the link
     indexed = [e for e in read_index(train_dir) if Path(e["path"]).is_file()] if train_dir.is_dir() else []
@@ -100,10 +100,11 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
     if out.labels is not None:
         out.train = attempt(lambda: read_split(ds.train.annotations, ds.train.images, ds.train.panoptic,
                                                ds.train.format, out.labels, "dataset.train", deep,
-                                               ds.ignore_value)) or []
+                                               ds.ignore_value, spec.binary_masks)) or []
         if ds.val.annotations:
             out.val = attempt(lambda: read_split(ds.val.annotations, ds.val.images, ds.val.panoptic, ds.val.format,
-                                                 out.labels, "dataset.val", deep, ds.ignore_value)) or []
+                                                 out.labels, "dataset.val", deep, ds.ignore_value,
+                                                 spec.binary_masks)) or []
     resume, key = resume_point(spec, train_dir)
     raw = attempt(lambda: read_resume(resume, key)) if resume is not None else None
     if raw is not None and (out.labels is None or attempt(lambda: same_network(raw, spec, out.labels, resume, key))):
@@ -124,10 +125,10 @@ def same_network(raw: dict, spec: ExperimentSpec, labels: LabelMap, path: Path, 
     model keys that changed since it was written (resuming would fail mid-setup with a tensor-size traceback)."""
     import torch
 
-    from oneformer.model.network import build_network, hf_config
+    from oneformer.model.network import build_network, network_config
 
     with torch.device("meta"):  # shapes only: no memory, no initialization
-        wanted = {PREFIX + k: tuple(v.shape) for k, v in build_network(hf_config(spec.model, labels.names))
+        wanted = {PREFIX + k: tuple(v.shape) for k, v in build_network(network_config(spec, labels.names))
                   .state_dict().items()}
     have = {k: tuple(v.shape) for k, v in raw["state_dict"].items() if hasattr(v, "shape")}
     differ = sorted(k for k in wanted.keys() & have.keys() if wanted[k] != have[k])

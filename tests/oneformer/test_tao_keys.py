@@ -14,7 +14,7 @@ from oneformer.errors import SpecError
 from oneformer.spec import MOVED_KEYS, build_spec, flatten
 
 DOCUMENTED = yaml.safe_load((Path(__file__).parent / "data" / "tao_documented_spec.yaml").read_text())
-NOTED = {"encryption_key", "model.mode", "model.backbone.type", "dataset.workers", "dataset.dataset_type",
+NOTED = {"encryption_key", "model.mode", "dataset.workers", "dataset.dataset_type",
          "dataset.cutmix_prob", "train.optim.monitor_name", "train.distributed_strategy", "evaluate.num_gpus",
          "evaluate.trt_batch_size", "inference.num_gpus", "export.on_cpu", "export.opset_version", "export.gpu_id",
          "gen_trt_engine.opset_version", "gen_trt_engine.tensorrt.calibration.cal_image_dir",
