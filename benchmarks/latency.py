@@ -1,6 +1,7 @@
 """Inference latency of one model on every backend: PyTorch eager, ONNX Runtime FP32 and INT8 (JSON out).
 
-A Swin-T-size OneFormer (the swin_tiny preset; random weights unless --checkpoint names a trained one) is
+A real-size network of --arch (OneFormer: the swin_tiny preset; Mask2Former: the same Swin-T with TAO's
+Mask2Former head, 100 queries; SegFormer: MiT-B2) with random weights, unless --checkpoint names a trained one, is
 exported and quantized by the product's own export/quantize code, then the three run side by side in this
 process on the same prepared images, interleaved round by round, batch 1. Goals: ORT FP32 >= 1.8x eager,
 INT8 >= 1.5x ORT FP32 with >= 99% pixel agreement. Agreement is only meaningful for trained weights: random
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +24,12 @@ from oneformer.actions.quantize import quantize
 from oneformer.data.readers import read_image
 from oneformer.data.synth import generate
 from oneformer.model.checkpoint import save_weights
-from oneformer.model.network import build_network, hf_config
+from oneformer.model.network import build_network, network_config
 from oneformer.parity import compare, sample_images
 from oneformer.presets import preset
 from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.predictor import prepare
+from oneformer.runtime.timing import median_ms
 from oneformer.runtime.torch import TorchPredictor
 from oneformer.spec import build_spec
 
@@ -55,6 +56,22 @@ def op_profile(onnx_file: str, pixels: torch.Tensor, runs: int = 3) -> dict[str,
     return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:12]}
 
 
+def _swin_t(head: str) -> dict:
+    model = preset("swin_tiny")["model"]
+    if head == "mask_former":
+        model = {"arch": "mask2former", "mode": "panoptic", "backbone": model["backbone"],
+                 "mask_former": {"num_object_queries": 100, "dec_layers": 10}, "sem_seg_head": {}}
+    model["sem_seg_head"]["num_classes"] = 6
+    return model
+
+
+MODELS = {"oneformer": lambda: _swin_t("one_former"), "mask2former": lambda: _swin_t("mask_former"),
+          "segformer": lambda: {"arch": "segformer", "backbone": {"type": "mit_b2"}}}
+DESCRIBED = {"oneformer": "swin_tiny preset (Swin-T, 150 queries, 10 decoder layers)",
+             "mask2former": "Mask2Former, Swin-T, 100 queries, 10 decoder layers, panoptic",
+             "segformer": "SegFormer MiT-B2, 768-wide MLP decoder"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=640)
@@ -63,12 +80,12 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=16)
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--profile", action="store_true", help="add ORT's per-op-type time for FP32 and INT8")
+    ap.add_argument("--arch", choices=list(MODELS), default="oneformer", help="the network to measure")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     data = yaml.safe_load(generate(tmp / "data", train=4, val=8, size=256, inference=2,
-                                   calibration=args.calibration).read_text())
-    data["model"] = preset("swin_tiny")["model"]
-    data["model"]["sem_seg_head"]["num_classes"] = 6
+                                   calibration=args.calibration, arch=args.arch).read_text())
+    data["model"] = MODELS[args.arch]()
     data |= {"results_dir": str(tmp / "results"),
              "export": {"input_height": args.size, "input_width": args.size, "parity_images": 4, "min_agreement": 0},
              "quantize": {"num_calibration_images": args.calibration, "min_agreement": 0},
@@ -81,7 +98,7 @@ def main() -> None:
 
         labels = read_labels(spec)
         torch.manual_seed(0)
-        net = build_network(hf_config(spec.model, labels.names))
+        net = build_network(network_config(spec, labels.names))
         checkpoint = save_weights(tmp / "random.pth", net, labels, spec.model_dump(mode="json"))
     fp32_file = tmp / "model.onnx"
     t0 = time.perf_counter()
@@ -98,18 +115,10 @@ def main() -> None:
     pixels = [prepare(read_image(p), (args.size, args.size), fp32.info.mean, fp32.info.std).pixels for p in pics]
     backends = {"eager": lambda x: eager(x, "semantic"), "ort_fp32": lambda x: fp32(x, "semantic"),
                 "ort_int8": lambda x: int8(x, "semantic")}
-    times: dict[str, list[float]] = {k: [] for k in backends}
-    for fn in backends.values():  # warm-up
-        fn(pixels[0])
-    for r in range(args.runs):
-        for name, fn in backends.items():
-            t0 = time.perf_counter()
-            fn(pixels[r % len(pixels)])
-            times[name].append(time.perf_counter() - t0)
-    ms = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
+    ms = median_ms(backends, pixels, args.runs)
     eager_vs_fp32 = compare(backends["eager"], backends["ort_fp32"], pics, fp32.info)
     result = {
-        "benchmark": "latency", "model": "swin_tiny preset (Swin-T, 150 queries, 10 decoder layers)",
+        "benchmark": "latency", "arch": args.arch, "model": DESCRIBED[args.arch],
         "weights": str(args.checkpoint or "random"), "input": [1, 3, args.size, args.size],
         "params_m": round(sum(p.numel() for p in eager.net.parameters()) / 1e6, 1),
         "torch_threads": torch.get_num_threads(), "runs": args.runs, "median_ms": ms,

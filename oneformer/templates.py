@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from oneformer.actions import ACTIONS, TABLE
+from oneformer.arch_spec import ARCHS, OWNED
 from oneformer.artifacts import write_text
 from oneformer.spec import ExperimentSpec, public_dict
 
@@ -49,15 +50,22 @@ def _note(field: Any, dotted: str) -> str:
     return f"  # {'. '.join(parts)}" if parts else ""
 
 
-def _lines(model: BaseModel, indent: int, prefix: str = "") -> list[str]:
+def foreign(dotted: str, arch: str) -> bool:
+    """Whether a spec key belongs to other networks only (templates and schemas of `arch` leave it out)."""
+    return dotted in OWNED and arch not in OWNED[dotted]
+
+
+def _lines(model: BaseModel, indent: int, prefix: str = "", arch: str = "oneformer") -> list[str]:
     out = []
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
+        if foreign(f"{prefix}{name}", arch):
+            continue
         value = getattr(model, name)
         note = _note(field, f"{prefix}{name}")
         if isinstance(value, BaseModel):
             out.append(f"{pad}{name}:{note}")
-            out += _lines(value, indent + 1, f"{prefix}{name}.")
+            out += _lines(value, indent + 1, f"{prefix}{name}.", arch)
         else:
             out.append(f"{pad}{name}: {yaml_scalar(value)}{note}")
     return out
@@ -70,15 +78,15 @@ def template(action: str, results_dir: str | None = None, base: ExperimentSpec |
     spec = ExperimentSpec.model_validate(public_dict(base)) if base else ExperimentSpec()
     if results_dir:
         spec.results_dir = results_dir
-    origin = f"values from {source}, defaults elsewhere" if base else "defaults from the code"
-    lines = [f"# oneformer {action} spec: {origin}; edit and run `oneformer {action} -e THIS.yaml`"]
+    origin = f"values from {source}, defaults elsewhere" if source else "defaults from the code"
+    lines = [f"# {spec.arch} {action} spec: {origin}; edit and run `{spec.arch} {action} -e THIS.yaml`"]
     for name in sections(action):
         field = ExperimentSpec.model_fields[name]
         value = getattr(spec, name)
         note = f"  # {field.description}" if field.description else ""
         if isinstance(value, BaseModel):
             lines.append(f"{name}:{note}")
-            lines += _lines(value, 1, f"{name}.")
+            lines += _lines(value, 1, f"{name}.", spec.arch)
         else:
             lines.append(f"{name}: {yaml_scalar(value)}{note}")
     return "\n".join(lines) + "\n"
@@ -97,21 +105,34 @@ def write_templates(out_dir: str | Path, actions: list[str], results_dir: str | 
     return paths
 
 
-def schema(action: str) -> dict:
-    """JSON Schema of the spec an action reads; tunable fields carry `automl` {min, max, scale, default}."""
+def schema(action: str, arch: str | None = None) -> dict:
+    """JSON Schema of the spec an action reads; tunable fields carry `automl` {min, max, scale, default}. With
+    `arch`, only that network's keys (model.arch fixed to it), as TAO packages a schema per model."""
     full = ExperimentSpec.model_json_schema()
     full["properties"] = {k: v for k, v in full["properties"].items() if k in sections(action)}
-    full["title"] = f"oneformer {action} spec"
+    full["title"] = f"{arch or 'oneformer'} {action} spec"
+    if arch is None:
+        return full
+    for dotted in (k for k in OWNED if foreign(k, arch)):
+        *path, last = dotted.split(".")
+        node = full
+        for part in path:
+            node = node["properties"][part]
+            node = full["$defs"][node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+        node["properties"].pop(last, None)
+    full["$defs"]["ModelConfig"]["properties"]["arch"] |= {"default": arch, "enum": [arch]}
     return full
 
 
 def write_schemas(out_dir: str | Path) -> list[Path]:
-    """specs/schemas/<action>.schema.json for every action."""
+    """specs/schemas/<action>.schema.json (every network's keys) and <arch>/<action>.schema.json (one network's)
+    for every action."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for action in ACTIONS:
-        p = out / f"{action}.schema.json"
-        write_text(p, json.dumps(schema(action), indent=1) + "\n")
-        paths.append(p)
+    for folder, arch in ((out, None), *((out / a, a) for a in ARCHS)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for action in ACTIONS:
+            p = folder / f"{action}.schema.json"
+            write_text(p, json.dumps(schema(action, arch), indent=1) + "\n")
+            paths.append(p)
     return paths

@@ -1,5 +1,6 @@
 """Pretrained weights: our checkpoints, TAO / Detectron2 OneFormer checkpoints, transformers folders or hub ids,
-and Swin backbones in the original (Microsoft / Detectron2 / TAO) naming (renamed by oneformer.model.swin_names)."""
+Swin backbones in the original (Microsoft / Detectron2 / TAO) naming (renamed by oneformer.model.swin_names), and
+SegFormer's MiT encoders in NVlabs' naming (oneformer.model.mit_names)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import OneFormerForUniversalSegmentation, SwinModel
+from transformers import SegformerModel, SwinModel
 
 from oneformer.errors import CheckpointError
+from oneformer.model import mit_names
 from oneformer.model.checkpoint import FILE_SUFFIXES, safe_load
 from oneformer.model.foreign import read_any
-from oneformer.model.network import Network
+from oneformer.model.network import NETWORKS, Network
 from oneformer.model.swin_names import from_original
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ def load_pretrained(net: Network, source: str, spec: ExperimentSpec | None = Non
         fresh = set(ckpt.missing)
         state = {k: v for k, v in ckpt.state_dict.items() if k not in fresh}
     else:
-        state = hf_state(OneFormerForUniversalSegmentation, source, "train.pretrained_model")
+        state = hf_state(NETWORKS[net.config.model_type][1], source, "train.pretrained_model")
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = [k for k in state if k not in usable]
@@ -51,19 +53,22 @@ def load_pretrained(net: Network, source: str, spec: ExperimentSpec | None = Non
 
 
 def load_backbone(net: Network, source: str) -> None:
-    """Initialize the Swin backbone from a transformers Swin folder/id or a state-dict file (either naming)."""
-    backbone = net.model.pixel_level_module.encoder
+    """Initialize the backbone (Swin, or SegFormer's MiT encoder) from a transformers folder/id or a state-dict file
+    (either naming)."""
+    mit = net.config.model_type == "segformer"
+    backbone = net.segformer if mit else net.model.pixel_level_module.encoder
     path = Path(source)
     if path.is_file():
         state = safe_load(path, "train.pretrained_backbone")
         state = state.get("model", state.get("state_dict", state))
     else:
-        state = hf_state(SwinModel, source, "train.pretrained_backbone")
+        state = hf_state(SegformerModel if mit else SwinModel, source, "train.pretrained_backbone")
     own = backbone.state_dict()
-    renamed = from_original(state)
+    renamed = mit_names.from_original(state) if mit else from_original(state)
     usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise CheckpointError(f"train.pretrained_backbone {source}: no tensor matches the Swin backbone")
+        raise CheckpointError(f"train.pretrained_backbone {source}: no tensor matches the "
+                              f"{'MiT encoder' if mit else 'Swin backbone'} (is it the model.backbone.type's?)")
     mismatched = sorted(k for k in renamed if k in own and k not in usable)
     if mismatched:
         log.warning("pretrained backbone %s: %d tensors differ in shape (e.g. %s)", source, len(mismatched),

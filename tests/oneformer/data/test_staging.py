@@ -147,6 +147,19 @@ def test_s3_archive_staged_and_reused_until_changed(s3, tmp_path: Path, monkeypa
         stage("s3://data/train/missing.json")
 
 
+def test_s3_prefix_staged_as_a_folder_and_reused_until_changed(s3, tmp_path: Path,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
+    for name, body in (("images/train/a.jpg", b"a"), ("images/train/sub/b.jpg", b"b"), ("masks/train/a.png", b"m")):
+        s3.put_object(Bucket="data", Key=f"seg/{name}", Body=body)
+    first = stage("s3://data/seg/images/train")  # SegFormer's layout: a folder per split under one root
+    assert first.name == "train" and sorted(p.relative_to(first).as_posix() for p in first.rglob("*.jpg")) == [
+        "a.jpg", "sub/b.jpg"]
+    assert stage("s3://data/seg/images/train") == first
+    s3.put_object(Bucket="data", Key="seg/images/train/a.jpg", Body=b"changed")
+    assert (stage("s3://data/seg/images/train") / "a.jpg").read_bytes() == b"changed"
+
+
 def test_stage_all_stages_side_by_side_once_per_object(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("ONEFORMER_CACHE", str(tmp_path / "cache"))
     for n in range(3):
