@@ -400,6 +400,13 @@ class OptimConfig(Section):
                             "pipeline selects by it), so val_loss / train_loss are noted and not used")
 
 
+class TensorBoardConfig(Section):
+    """TAO's TensorBoard switch (train.tensorboard): metrics go to MLflow here."""
+
+    enabled: bool = Field(False, description="TensorBoard logging; true is noted: every metric is in MLflow")
+    infrequent_logging_frequency: int = Field(1, ge=1, description="TAO's image-logging interval; informational")
+
+
 class TrainConfig(Section):
     """Training loop, devices and checkpoints."""
 
@@ -447,9 +454,17 @@ class TrainConfig(Section):
     activation_checkpoint: bool = Field(False, description="Gradient checkpointing of the backbone: its "
                                                           "activations are recomputed in backward, not kept "
                                                           "(benchmarks/activation_checkpoint.py)")
-    distributed_strategy: Literal["ddp", "ddp_sharded"] = Field(
-        "ddp", description="ddp_sharded (fairscale's sharded DDP) left Lightning 2: it runs as ddp, with a note; "
-                           "save memory with precision 16-mixed, activation_checkpoint or freeze")
+    distributed_strategy: Literal["ddp", "ddp_sharded", "fsdp"] = Field(
+        "ddp", description="ddp_sharded (fairscale's sharded DDP) left Lightning 2, and fsdp (TAO Mask2Former's) "
+                           "is not offered: both run as ddp, with a note; save memory with precision 16-mixed, "
+                           "activation_checkpoint or freeze")
+    sync_batchnorm: bool | None = Field(None, description="TAO SegFormer's key: synchronize BatchNorm statistics "
+                                                          "across DDP processes; empty: on whenever training runs "
+                                                          "in more than one process")
+    use_distributed_sampler: bool = Field(True, description="TAO SegFormer's key: each DDP process trains on its "
+                                                            "own share of the images each epoch; false: every "
+                                                            "process on all of them")
+    tensorboard: TensorBoardConfig = section(TensorBoardConfig)
     verbose: bool = Field(False, description="Log the optimizer's parameter groups: their learning rate (lr, or "
                                              "lr * backbone_multiplier), weight decay and tensor counts")
 
@@ -567,6 +582,10 @@ class QuantizeConfig(Section):
     min_agreement: float | None = Field(None, ge=0, le=1, description="Optional second gate: INT8-vs-FP32 pixel "
                                                                       "agreement (always reported)")
     overwrite: bool = Field(False, description="Replace an existing onnx_file instead of failing")
+    backend: str | None = Field(None, description="TAO's quantization backend (modelopt.onnx, torchao): noted; "
+                                                  "ONNX Runtime's static QDQ quantization runs")
+    mode: Literal["static_ptq"] | None = Field(None, description="TAO's quantization mode: static post-training "
+                                                                 "quantization, the one that runs here")
 
 
 class TrtCalibrationConfig(Section):
@@ -773,7 +792,11 @@ IGNORED_KEYS = {
 VALUE_NOTES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "encryption_key": (lambda v: v is not None, "no file written here is encrypted (TAO 5 writes .pth and .onnx "
                                                 "unencrypted too); the key is masked wherever the spec is written"),
-    "train.distributed_strategy": (lambda v: v == "ddp_sharded", "fairscale's sharded DDP left Lightning 2; "
+    "train.tensorboard.enabled": (lambda v: v is True, "metrics, charts and pictures are logged to MLflow"),
+    "quantize.backend": (lambda v: v is not None, "INT8 here is ONNX Runtime's static QDQ quantization of the "
+                         "exported model (what TAO's modelopt.onnx static_ptq also produces)"),
+    "train.distributed_strategy": (lambda v: v in ("ddp_sharded", "fsdp"), "fairscale's sharded DDP left "
+                                   "Lightning 2 and FSDP is not offered here; "
                                    "training runs as ddp (save memory with train.precision=16-mixed, "
                                    "train.activation_checkpoint or train.freeze)"),
     "train.optim.monitor_name": (lambda v: v not in (None, "mIoU"), "'best' is always the checkpoint with the "

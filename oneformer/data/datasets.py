@@ -200,11 +200,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         data = TrainDataset(self.train_records, self.labels, self.spec.dataset, self.text, self.num_text, self.divisor,
                             task_weights(self.spec))
         rank, world = self._shard()
-        sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.spec.train.seed) if world > 1 \
-            else None
+        shard = world > 1 and self.spec.train.use_distributed_sampler
+        sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.spec.train.seed) if shard else None
         return DataLoader(data, batch_size=split.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=split.num_workers, collate_fn=collate,
-                          drop_last=len(data) // world > split.batch_size, persistent_workers=split.num_workers > 0,
+                          drop_last=len(data) // (world if shard else 1) > split.batch_size,
+                          persistent_workers=split.num_workers > 0,
                           worker_init_fn=worker_init)
 
     def val_dataloader(self) -> DataLoader | list:

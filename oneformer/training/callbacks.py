@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from oneformer.artifacts import StatusWriter, link
 from oneformer.model.checkpoint import NAME, latest_name, read_index, write_index
 
-KPIS = ("mIoU", "val_loss", "train_loss", "val_images")
+KPIS = ("mIoU", "val_loss", "train_loss", "val_images", "val_miou", "val_acc")  # the last two: TAO SegFormer's names
 
 
 def _metrics(trainer: pl.Trainer) -> dict[str, float]:

@@ -74,7 +74,11 @@ class SegmentationModule(pl.LightningModule):
             mat, totals = self.all_gather(mat).sum(0), self.all_gather(totals).sum(0)
         self.confusion.mat = mat.cpu().numpy()
         seen = float(totals[0])
-        self.log("mIoU", self.confusion.summary()["mIoU"], prog_bar=True, sync_dist=False)
+        summary = self.confusion.summary()
+        self.log("mIoU", summary["mIoU"], prog_bar=True, sync_dist=False)
+        if self.spec.arch == "segformer":  # TAO SegFormer's status.json KPIs (what its AutoML reads)
+            self.log("val_miou", summary["mIoU"], sync_dist=False)
+            self.log("val_acc", summary["pixel_accuracy"], sync_dist=False)
         self.log("val_images", seen, sync_dist=False)
         if seen:
             self.log("val_loss", float(totals[1]) / seen, sync_dist=False)

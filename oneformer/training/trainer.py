@@ -64,7 +64,7 @@ def build_trainer(spec: ExperimentSpec, train_dir: Path, callbacks: list[pl.Call
         devices=devs,
         num_nodes=cfg.num_nodes,
         strategy=strategy,
-        sync_batchnorm=many,
+        sync_batchnorm=many if cfg.sync_batchnorm is None else cfg.sync_batchnorm,
         use_distributed_sampler=False,  # the data module shards itself: validation without padded duplicates
         precision=cfg.precision,
         max_epochs=max_epochs or cfg.num_epochs,

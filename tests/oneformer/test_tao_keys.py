@@ -3,12 +3,12 @@ name for it, accepted with a one-line note saying why it has no effect here, or 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from speckeys import notes_for, one_key
 
 from oneformer.errors import SpecError
 from oneformer.spec import MOVED_KEYS, build_spec, flatten
@@ -29,28 +29,6 @@ REFUSED = [("model.backbone.swin.patch_norm", False, "always layer-normalizes"),
            ("export.input_channel", 1, "3"),
            ("automl.automl_algorithm", "pbt", "choose one of bayesian"),
            ("train.precision", "fp8", "16-mixed")]
-
-
-def one_key(dotted: str, value: Any) -> dict:
-    """A raw spec holding only `dotted` = value."""
-    raw: dict = {}
-    node = raw
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-    return raw
-
-
-def notes_for(dotted: str, value: Any, caplog: pytest.LogCaptureFixture) -> tuple[Any, list[str]]:
-    """The spec built from one key, and the spec notes that name it (or its section, for a section-wide note)."""
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="oneformer.spec"):
-        spec = build_spec(one_key(dotted, value), "tao.yaml")
-    prefixes = [".".join(dotted.split(".")[:n]) for n in range(len(dotted.split(".")), 1, -1)]
-    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spec: ")]
-    return spec, [n for n in notes if any(n.startswith(f"spec: {p}") for p in prefixes) or n.startswith(
-        f"spec: {dotted}")]
 
 
 @pytest.mark.parametrize("dotted", sorted(flatten(DOCUMENTED)))

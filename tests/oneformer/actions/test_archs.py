@@ -38,6 +38,19 @@ def test_checkpoints_carry_taos_names(chain: dict) -> None:
     assert latest.resolve().name == "model_epoch_000_step_00002.pth"
     status = [json.loads(line) for line in (train / "status.json").read_text().splitlines()]
     assert status[-1]["status"] == "SUCCESS" and "mIoU" in status[-1]["kpi"]
+    if chain["arch"] == "segformer":  # TAO SegFormer's KPI names, which its AutoML reads
+        kpi = status[-1]["kpi"]
+        assert kpi["val_miou"] == kpi["mIoU"] and 0 <= kpi["val_acc"] <= 1
+
+
+def test_training_runs_on_from_its_latest_checkpoint(chain: dict, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(chain["results"] / "train", tmp_path / "train", symlinks=True)
+    longer = [*chain["common"], f"results_dir={tmp_path}", "train.num_epochs=2"]
+    assert run(["train", "-e", str(chain["spec"]), *longer], prog=chain["arch"]) == 0
+    latest = tmp_path / "train" / f"{chain['arch']}_model_latest.pth"
+    assert latest.resolve().name == "model_epoch_001_step_00004.pth"  # one more epoch, not a restart
 
 
 def test_evaluate_scores_only_what_the_model_predicts(chain: dict) -> None:
