@@ -123,3 +123,19 @@ def test_each_network_learns_on_heldout_data(arch: str, epochs: int, bar: float,
     best, first = result["best"]["metrics"]["mIoU"], result["checkpoints"][0]["metrics"]["mIoU"]
     assert best >= bar, result["checkpoints"]  # validation mIoU on the 16 held-out images
     assert best > first + 0.15  # learning happened, not a lucky init
+
+
+def test_mask2formers_exportable_mask_predictor_computes_the_same() -> None:
+    import torch
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerMaskPredictor
+
+    from oneformer.actions.export import mask_predictor
+
+    torch.manual_seed(0)
+    head = Mask2FormerMaskPredictor(hidden_size=32, num_heads=4, mask_feature_size=16).eval()
+    queries, pixels = torch.randn(12, 2, 32), torch.randn(2, 16, 32, 32)
+    with torch.no_grad():
+        masks, attention = head(queries, pixels, (8, 8))
+        ours, ours_attention = mask_predictor(head, queries, pixels, (8, 8))
+    assert torch.allclose(masks, ours, atol=1e-5)
+    assert (attention == ours_attention).float().mean() > 0.999  # thresholds at 0.5 may flip on rounding only
