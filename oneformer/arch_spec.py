@@ -177,6 +177,12 @@ class SegmentConfig(Section):
             unknown = sorted({p.mapping_class for p in self.palette if p.mapping_class} - set(names))
             if unknown:
                 raise ValueError(f"palette mapping_class {unknown} names no seg_class of the palette ({names})")
+            by_name = {p.seg_class: p for p in self.palette}
+            chained = sorted(p.seg_class for p in self.palette if p.mapping_class and p.mapping_class != p.seg_class
+                             and by_name[p.mapping_class].mapping_class not in (None, p.mapping_class))
+            if chained:
+                raise ValueError(f"palette classes {chained} map onto a class that is itself mapped; map them "
+                                 "straight onto the class they train as")
             trained = {p.mapping_class or p.seg_class for p in self.palette}
             if len(trained) > self.num_classes:
                 raise ValueError(f"the palette has {len(trained)} classes but num_classes is {self.num_classes}; "
@@ -198,6 +204,14 @@ OWNED: dict[str, tuple[str, ...]] = {
     "model.backbone.freeze_at": ("oneformer", "mask2former"),
     "model.sem_seg_head": ("oneformer", "mask2former"),
 }
+
+
+# What a SegFormer spec sets through dataset.segment (batch_size, workers, img_size, augmentation): derived from it
+# every time a spec is read, and left out of SegFormer's templates
+SEGFORMER_DERIVED = (*(f"dataset.{s}.{k}" for s in ("train", "val", "test") for k in ("batch_size", "num_workers")),
+                     "dataset.image_size", "dataset.pixel_mean", "dataset.pixel_std",
+                     *(f"dataset.augmentation.{k}" for k in ("train_crop_size", "train_min_size", "train_max_size",
+                                                             "test_min_size", "test_max_size", "random_flip")))
 
 
 def predicted_tasks(arch: str, mode: str | None) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ def check(spec: ExperimentSpec, action: str, deep: bool = False, models: bool = 
         return problems
     if entry.model_key and not engine and not scores_files:
         try:
-            resolve(str(spec.value_at(entry.model_key)), spec.action_dir("train"), entry.model_key)
+            resolve(str(spec.value_at(entry.model_key)), spec.action_dir("train"), entry.model_key, spec.arch)
         except OneFormerError as exc:
             problems.append(str(exc))
     if action == "gen_trt_engine":

@@ -17,6 +17,7 @@ from oneformer.arch_spec import (
     ARCHS,
     MIT_TYPES,
     OWNED,
+    SEGFORMER_DERIVED,
     SWIN_TYPES,
     TITLES,
     Arch,
@@ -542,10 +543,14 @@ class ExportConfig(Section):
     opset_version: int = Field(17, ge=7, description="ONNX opset; below 16 (TAO documents 12) the export uses 16, "
                                                      "the lowest that holds GridSample, with a note")
     input_channel: Literal[3] = Field(3, description="RGB only, as in TAO")
-    input_width: int = Field(640, gt=0, description="Width of the ONNX input in pixels, fixed in the graph; a "
-                                                    "multiple of model.one_former.size_divisibility")
-    input_height: int = Field(640, gt=0, description="Height of the ONNX input in pixels, fixed in the graph; a "
-                                                     "multiple of model.one_former.size_divisibility")
+    input_width: int = Field(640, gt=0, description="Width of the ONNX input in pixels, fixed in the graph (default "
+                                                    "Mask2Former 960, SegFormer dataset.segment.img_size); a "
+                                                    "multiple of the network's size_divisibility "
+                                                    "(model.one_former's, model.mask_former's; 32 for SegFormer)")
+    input_height: int = Field(640, gt=0, description="Height of the ONNX input in pixels, fixed in the graph "
+                                                     "(default Mask2Former 544, SegFormer dataset.segment.img_size); a "
+                                                     "multiple of the network's size_divisibility "
+                                                    "(model.one_former's, model.mask_former's; 32 for SegFormer)")
     batch_size: int = Field(-1, ge=-1, description="Batch of the ONNX input; -1: a dynamic batch axis")
     task: Task = Field("semantic", description="Task the graph answers (its task text is built in): semantic "
                                                "outputs what semantic_output says; instance and panoptic output "
@@ -859,6 +864,7 @@ def _get(d: dict, dotted: str) -> Any:
 
 # TAO Mask2Former's split keys, read as ours
 SPLIT_NAMES = {"img_dir": "images", "panoptic_dir": "panoptic", "type": "format"}
+MASK2FORMER_SPLIT_KEYS = {"img_dir", "panoptic_dir", "panoptic_json", "instance_json", "target_size"}
 
 
 def _split_names(raw: dict) -> list[str]:
@@ -880,6 +886,11 @@ def _split_names(raw: dict) -> list[str]:
         if chosen is not None and cfg.get("annotations") is None:
             cfg["annotations"] = chosen
             moved.append(f"{name} as annotations")
+            kind = "coco" if name == "instance_json" else "coco_panoptic"
+            if cfg.get("format") not in (None, "auto", kind):
+                notes.append(f"dataset.{split}.type {cfg['format']!r} is read as {kind}: the {name} file is "
+                             "what this model trains and scores on")
+            cfg["format"] = kind
         if moved:
             notes.append(f"dataset.{split}: TAO's {', '.join(moved)}")
         if pan is not None and inst is not None:
@@ -920,13 +931,18 @@ def _tao_compat(raw: dict, source: str | None = None) -> list[str]:
 def arch_defaults(data: dict) -> dict:
     """A copy of a raw spec with its architecture's defaults where it gives none: the registered name, Mask2Former's
     panoptic mode and 960x544 export, and SegFormer's dataset.segment spelled out as the splits, sizes, batch and
-    normalization every action reads."""
+    normalization every action reads. Those SegFormer sets through dataset.segment (SEGFORMER_DERIVED) always follow
+    it, so a changed dataset.segment.batch_size (an AutoML trial's, an override of a written spec) takes effect."""
     data = copy.deepcopy(data)
     arch = _get(data, "model.arch") or "oneformer"
 
     def default(key: str, value: Any) -> None:
         if _get(data, key) is None:
             _set(data, key, value)
+
+    def derive(key: str, value: Any) -> None:
+        assert key in SEGFORMER_DERIVED, key
+        _set(data, key, value)
 
     default("model_name", arch)
     if arch == "mask2former":
@@ -945,19 +961,20 @@ def arch_defaults(data: dict) -> dict:
             default(f"dataset.{split}.annotations", f"{root}/masks/{folder}")
             default(f"dataset.{split}.format", "masks")
         default("inference.images_dir", f"{root}/images/test")
-        cal = seg.get("quant_calibration_dataset")
-        default("dataset.quant_calibration_dataset.images_dir",
-                (cal.get("images_dir") if isinstance(cal, dict) else None) or f"{root}/images/train")
+    cal = seg.get("quant_calibration_dataset")
+    if (cal_dir := (cal.get("images_dir") if isinstance(cal, dict) else None)) or root:
+        default("dataset.quant_calibration_dataset.images_dir", cal_dir or f"{str(root).rstrip('/')}/images/train")
     for split in ("train", "val", "test"):
-        default(f"dataset.{split}.batch_size", seg.get("batch_size", 4))
-        default(f"dataset.{split}.num_workers", seg.get("workers", 2))
+        derive(f"dataset.{split}.batch_size", seg.get("batch_size", 4))
+        derive(f"dataset.{split}.num_workers", seg.get("workers", 2))
     size = seg.get("img_size", 256)
     if isinstance(size, int) and size > 0:
-        default("dataset.image_size", size)
-        default("dataset.augmentation.train_crop_size", [size, size])
-        default("dataset.augmentation.train_min_size", [size])
-        default("dataset.augmentation.train_max_size", 4 * size)
-        default("dataset.augmentation.test_max_size", 4 * size)
+        derive("dataset.image_size", size)
+        derive("dataset.augmentation.train_crop_size", [size, size])
+        derive("dataset.augmentation.train_min_size", [size])
+        derive("dataset.augmentation.train_max_size", 4 * size)
+        derive("dataset.augmentation.test_min_size", size)
+        derive("dataset.augmentation.test_max_size", 4 * size)
         default("export.input_width", size)
         default("export.input_height", size)
     aug = seg.get("augmentation") if isinstance(seg.get("augmentation"), dict) else {}
@@ -965,20 +982,22 @@ def arch_defaults(data: dict) -> dict:
     if isinstance(crop, dict) and crop.get("enable") is False:
         default("dataset.augmentation.min_scale", 1.0)
         default("dataset.augmentation.max_scale", 1.0)
-    flip = aug.get("random_flip")
-    if isinstance(flip, dict):
-        default("dataset.augmentation.random_flip", bool(flip.get("enable", True))
-                and float(flip.get("hflip_probability", 0.5)) > 0)
-    for ours, theirs in (("pixel_mean", "mean"), ("pixel_std", "std")):
+    flip = aug.get("random_flip") if isinstance(aug.get("random_flip"), dict) else {}
+    derive("dataset.augmentation.random_flip", bool(flip.get("enable", True))
+           and float(flip.get("hflip_probability", 0.5)) > 0)
+    for ours, theirs, imagenet in (("pixel_mean", "mean", PIXEL_MEAN), ("pixel_std", "std", PIXEL_STD)):
         values = aug.get(theirs)
         if isinstance(values, list) and all(isinstance(v, int | float) for v in values):
-            default(f"dataset.{ours}", [round(float(v) * 255, 4) for v in values])  # TAO's 0-1 scale -> ours
+            derive(f"dataset.{ours}", [round(float(v) * 255, 4) for v in values])  # TAO's 0-1 scale -> ours
+        elif values is None:
+            derive(f"dataset.{ours}", list(imagenet))
     return data
 
 
 def detect_arch(raw: dict, hint: str | None = None, source: str | None = None) -> str:
     """The network a raw spec describes: model.arch, else the command's (`mask2former`, `segformer`), else the
-    spec's shape (dataset.segment: SegFormer, model.mask_former: Mask2Former), else OneFormer."""
+    spec's shape (dataset.segment: SegFormer; model.mask_former, swin.type or TAO Mask2Former's split keys:
+    Mask2Former), else OneFormer."""
     given = _get(raw, "model.arch")
     if given is not None and given not in ARCHS:
         raise SpecError([f"model.arch: {given!r} is not one of {', '.join(ARCHS)}"], source)
@@ -989,7 +1008,10 @@ def detect_arch(raw: dict, hint: str | None = None, source: str | None = None) -
         return given or hint
     if isinstance(_get(raw, "dataset.segment"), dict):
         return "segformer"
-    return "mask2former" if isinstance(_get(raw, "model.mask_former"), dict) else "oneformer"
+    splits = [_get(raw, f"dataset.{s}") for s in ("train", "val", "test")]
+    mask2former = (isinstance(_get(raw, "model.mask_former"), dict) or _get(raw, "model.backbone.swin.type")
+                   or any(isinstance(s, dict) and set(s) & MASK2FORMER_SPLIT_KEYS for s in splits))
+    return "mask2former" if mask2former else "oneformer"
 
 
 _DEFAULTS: dict = {}

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from oneformer.actions import ACTIONS, TABLE
-from oneformer.arch_spec import ARCHS, OWNED
+from oneformer.arch_spec import ARCHS, OWNED, SEGFORMER_DERIVED
 from oneformer.artifacts import write_text
 from oneformer.spec import ExperimentSpec, public_dict
 
@@ -51,8 +51,9 @@ def _note(field: Any, dotted: str) -> str:
 
 
 def foreign(dotted: str, arch: str) -> bool:
-    """Whether a spec key belongs to other networks only (templates and schemas of `arch` leave it out)."""
-    return dotted in OWNED and arch not in OWNED[dotted]
+    """Whether a spec key belongs to other networks only, or (SegFormer) is set through dataset.segment: templates
+    of `arch` leave it out (and schemas the former)."""
+    return (dotted in OWNED and arch not in OWNED[dotted]) or (arch == "segformer" and dotted in SEGFORMER_DERIVED)
 
 
 def _lines(model: BaseModel, indent: int, prefix: str = "", arch: str = "oneformer") -> list[str]:
@@ -113,7 +114,7 @@ def schema(action: str, arch: str | None = None) -> dict:
     full["title"] = f"{arch or 'oneformer'} {action} spec"
     if arch is None:
         return full
-    for dotted in (k for k in OWNED if foreign(k, arch)):
+    for dotted in (k for k in OWNED if arch not in OWNED[k]):
         *path, last = dotted.split(".")
         node = full
         for part in path:

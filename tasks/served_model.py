@@ -76,7 +76,8 @@ class SegmentationModel(PythonModel):
             kind, name = precision, f"onnx-{precision}"
         elif precision == "int8":
             raise ValueError(f"the INT8 file answers the {self.config['task']} task only; for {task} predict with "
-                             f"params={{'task': '{task}', 'precision': 'fp32'}} (the checkpoint answers it)")
+                             f"params={{'task': '{task}', 'precision': 'fp32'}} (the checkpoint answers every task "
+                             "its network predicts)")
         else:
             kind, name = "checkpoint", "checkpoint-fp32"
         predictor = self.predictor(kind)

@@ -39,7 +39,8 @@ def evaluate(spec: ExperimentSpec) -> dict:
                                                              spec.dataset.ignore_value)
         source = str(cfg.predictions)
     else:
-        model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint")
+        model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint",
+                             spec.arch)
         device = inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "evaluate")
         model, source = open_predictor(model_path, spec=spec, device=device), str(model_path)
     try:

@@ -183,7 +183,8 @@ def write_onnx(graph: TaskGraph, path: Path, size: tuple[int, int], batch: int, 
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     model = onnx.load(str(path))
     meta = {META_KEY: info.to_json(), "task": str(info.task), "output": info.output,
-            "input_size": f"{size[0]}x{size[1]}", "classes": ",".join(x["name"] for x in info.label_map),
+            "input_size": f"{size[0]}x{size[1]}",
+            "classes": ",".join(x["name"] for x in info.label_map if "alias_of" not in x),
             "source_sha256": info.source_sha256}
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -243,7 +244,7 @@ def export(spec: ExperimentSpec) -> dict:
     """The export action: resolve the checkpoint, write export.onnx_file and its parity report."""
     cfg = spec.export
     out_dir = spec.action_dir("export")
-    checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint")
+    checkpoint = resolve(cfg.checkpoint, spec.action_dir("train"), "export.checkpoint", spec.arch)
     # the size check before anything is written; mapped, so the weights are read once, by the export itself
     ckpt = read_any(checkpoint, "export.checkpoint", mmap=True, spec=spec)
     check_size(spec, divisibility(ckpt.hf_config.get("model_type", "oneformer"), ckpt.spec.get("model", {})))

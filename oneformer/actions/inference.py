@@ -29,7 +29,8 @@ def inference(spec: ExperimentSpec) -> dict:
     if not cfg.images_dir:
         raise DataError(not_set("inference", "inference.images_dir"))
     images = list_images(stage(cfg.images_dir, "inference.images_dir"), "inference.images_dir")
-    model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint")
+    model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint",
+                         spec.arch)
     predictor = open_predictor(model_path, spec=spec,
                                device=inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "inference"))
     labels = predictor.labels

@@ -107,7 +107,7 @@ def model_source(spec: ExperimentSpec) -> Path:
         if not path.is_file():
             raise CheckpointError(f"quantize.model_path: {path} does not exist")
         return path
-    return resolve(source, spec.action_dir("train"), "quantize.model_path")
+    return resolve(source, spec.action_dir("train"), "quantize.model_path", spec.arch)
 
 
 def fp32_model(source: Path, spec: ExperimentSpec, out_dir: Path) -> Path:

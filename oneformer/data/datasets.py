@@ -25,7 +25,7 @@ def read_labels(spec: ExperimentSpec, check: bool = True) -> LabelMap:
     """The label map from dataset.label_map, else from the training annotations' categories."""
     ds = spec.dataset
     if spec.arch == "segformer" and not ds.label_map:
-        labels = LabelMap.from_palette(ds.segment.palette or [], ds.segment.num_classes)
+        labels = LabelMap.from_palette(ds.segment.palette or [], ds.segment.num_classes, ds.contiguous_id)
     elif ds.label_map:
         labels = LabelMap.read(stage_input(ds.label_map, "dataset.label_map"), ds.contiguous_id)
     else:

@@ -27,6 +27,7 @@ class LabelMap:
 
     categories: list[Category]
     contiguous: bool = True
+    aliases: dict[int, tuple[int, str]] = field(default_factory=dict)  # id -> (the id it trains as, its own name)
     index: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -34,6 +35,8 @@ class LabelMap:
             self.index = {c.id: i for i, c in enumerate(self.categories)}
         else:
             self.index = {c.id: c.id for c in self.categories}
+        for alias, (target, _) in self.aliases.items():  # SegFormer's mapping_class: read as the target's class
+            self.index[alias] = self.index[target]
 
     @property
     def num_classes(self) -> int:
@@ -65,8 +68,9 @@ class LabelMap:
         return out
 
     def to_list(self) -> list[dict]:
-        """Plain data for checkpoints and ONNX metadata."""
-        return [{"id": c.id, "name": c.name, "isthing": c.isthing, "color": list(c.color)} for c in self.categories]
+        """Plain data for checkpoints and ONNX metadata (mapped ids as {id, name, alias_of})."""
+        return [{"id": c.id, "name": c.name, "isthing": c.isthing, "color": list(c.color)} for c in self.categories] + [
+            {"id": a, "name": name, "alias_of": target} for a, (target, name) in self.aliases.items()]
 
     @classmethod
     def from_list(cls, items: list[dict], contiguous: bool = True, source: str = "label map", min_id: int = 0
@@ -76,6 +80,9 @@ class LabelMap:
         if not isinstance(items, list) or not items:
             raise DataError(f"{source}: expected a non-empty JSON list of {{id, name, isthing, color}}")
         cats, seen = [], set()
+        aliases = {int(i["id"]): (int(i["alias_of"]), str(i.get("name", ""))) for i in items
+                   if isinstance(i, dict) and "alias_of" in i}
+        items = [i for i in items if not (isinstance(i, dict) and "alias_of" in i)]
         for n, item in enumerate(items):
             if not isinstance(item, dict) or "id" not in item or "name" not in item:
                 raise DataError(f"{source}: entry {n} needs at least 'id' and 'name' (got {item!r})")
@@ -87,7 +94,9 @@ class LabelMap:
             seen.add(cid)
             color = item.get("color") or _auto_color(cid)
             cats.append(Category(cid, str(item["name"]), bool(item.get("isthing", True)), tuple(color)[:3]))
-        return cls(cats, contiguous)
+        if unknown := sorted(t for t, _ in aliases.values() if t not in seen):
+            raise DataError(f"{source}: alias_of ids {unknown} name no category")
+        return cls(cats, contiguous, aliases)
 
     @classmethod
     def read(cls, path: str | Path, contiguous: bool = True) -> LabelMap:
@@ -105,20 +114,19 @@ class LabelMap:
         return cls.from_list(items, contiguous, f"dataset.label_map: {p}", min_id=1)
 
     @classmethod
-    def from_palette(cls, palette: list, num_classes: int) -> LabelMap:
+    def from_palette(cls, palette: list, num_classes: int, contiguous: bool = True) -> LabelMap:
         """SegFormer's dataset.segment.palette (seg_class, label_id, rgb, mapping_class) as a label map whose ids are
         the mask values; a class mapped onto another trains as that one. Without a palette: classes
         0..num_classes-1 by mask value."""
         if not palette:
-            return cls.from_list([{"id": i, "name": f"class_{i}", "isthing": False} for i in range(num_classes)])
+            return cls.from_list([{"id": i, "name": f"class_{i}", "isthing": False} for i in range(num_classes)],
+                                 contiguous)
         by_name = {p.seg_class: p for p in palette}
-        trained = [p for p in palette if (p.mapping_class or p.seg_class) == p.seg_class]
-        labels = cls.from_list([{"id": p.label_id, "name": p.seg_class, "isthing": False, "color": p.rgb}
-                                for p in trained], True, "dataset.segment.palette")
-        for p in palette:  # mask values of mapped classes read as their target's class
-            if p.mapping_class and p.mapping_class != p.seg_class:
-                labels.index[p.label_id] = labels.index[by_name[p.mapping_class].label_id]
-        return labels
+        items = [{"id": p.label_id, "name": p.seg_class, "isthing": False, "color": p.rgb}
+                 if (p.mapping_class or p.seg_class) == p.seg_class else
+                 {"id": p.label_id, "name": p.seg_class, "alias_of": by_name[p.mapping_class].label_id}
+                 for p in palette]
+        return cls.from_list(items, contiguous, "dataset.segment.palette")
 
     def check_fits(self, num_classes: int, source: str, key: str = "model.sem_seg_head.num_classes") -> None:
         """Every class index must be < the network's class count (`key`)."""

@@ -366,7 +366,8 @@ def download(uri: str, what: str = "data path", options: dict | None = None) -> 
 
 
 def _download_folder(fs: fsspec.AbstractFileSystem, uri: str, path: str, key: str, what: str) -> Path:
-    """A remote prefix copied object by object into a cache folder that appears whole or not at all."""
+    """A remote prefix copied object by object into its cache entry, under the entry's lock (so eviction leaves it
+    alone); the marker is written after the last object, so an entry a killed run left is never reused."""
     name, entry = f"{OBJECTS}/{key}", cache_root() / OBJECTS / key
     target = entry / Path(path).name
     cache.use(name)
@@ -375,25 +376,22 @@ def _download_folder(fs: fsspec.AbstractFileSystem, uri: str, path: str, key: st
             log.info("staging: reusing %s (unchanged)", uri)
             cache.touch(entry)
             return target
-        shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)  # what a stopped run left half-copied
         objects = sorted(fs.find(path))
         if not objects:
             raise _empty(what, uri)
         log.info("staging: downloading %d objects under %s", len(objects), uri)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root()))
-        try:
-            with transfer(what, uri):
-                for n, obj in enumerate(objects, start=1):
-                    local = tmp / Path(path).name / Path(obj).relative_to(path.rstrip("/"))
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    local.write_bytes(fs.cat_file(obj))
-                    if n % 500 == 0:
-                        log.info("staging: %d/%d objects of %s", n, len(objects), uri)
-            cache.write_marker(tmp, uri)
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with transfer(what, uri):
+            for n, obj in enumerate(objects, start=1):
+                local = target / Path(obj).relative_to(path.rstrip("/"))
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(local) as part:
+                    part.write_bytes(fs.cat_file(obj))
+                if n % 500 == 0:
+                    log.info("staging: %d/%d objects of %s", n, len(objects), uri)
+        if sum(1 for p in target.rglob("*") if p.is_file()) != len(objects):
+            raise DataError(f"{what}: {uri}: {len(objects)} objects listed but not all were copied; run again")
+        cache.write_marker(entry, uri)
     cache.evict(keep=entry)
     return target
 

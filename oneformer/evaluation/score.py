@@ -30,6 +30,9 @@ def eval_split(spec: ExperimentSpec, prefer: str = "test") -> tuple[str, SplitCo
         split = getattr(spec.dataset, name)
         if split.annotations:
             return f"dataset.{name}", split
+    if spec.arch == "segformer":
+        raise DataError("evaluate needs dataset.segment.root_dir (SegFormer scores root_dir/images/val with "
+                        "root_dir/masks/val)")
     raise DataError("evaluate needs dataset.test (or dataset.val) images and annotations")
 
 

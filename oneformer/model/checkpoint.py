@@ -29,12 +29,13 @@ def latest_name(arch: str = "oneformer") -> str:
     return f"{arch}_model_latest.pth"
 
 
-def latest_link(train_dir: Path) -> Path:
-    """The train folder's latest link, whichever network wrote it (oneformer_model_latest.pth if none did)."""
-    for arch in ARCH_NAMES:
-        if (path := Path(train_dir) / latest_name(arch)).exists():
+def latest_link(train_dir: Path, arch: str | None = None) -> Path:
+    """The train folder's latest link: the network's (`arch`), else whichever network wrote one
+    (oneformer_model_latest.pth if none did)."""
+    for name in (arch,) if arch else ARCH_NAMES:
+        if (path := Path(train_dir) / latest_name(name)).exists():
             return path
-    return Path(train_dir) / LATEST
+    return Path(train_dir) / latest_name(arch or "oneformer")
 NAME = "model_epoch_{epoch:03d}_step_{step:05d}.pth"
 PREFIX = "net."
 FILE_SUFFIXES = (".pth", ".ckpt", ".pt", ".pkl")  # weight files: ours, or (read with a spec) TAO's and Detectron2's
@@ -209,22 +210,22 @@ def keep_best_and_latest(train_dir: Path, metric: str = "mIoU") -> int:
     return freed
 
 
-def resolve(value: str | None, train_dir: Path, key: str) -> Path:
-    """An exact checkpoint path, or 'best' (by validation mIoU) / 'latest' from a train folder."""
+def resolve(value: str | None, train_dir: Path, key: str, arch: str | None = None) -> Path:
+    """An exact checkpoint path, or 'best' (by validation mIoU) / 'latest' (the `arch` network's link) from a train
+    folder."""
     value = (value or "best").strip()
     if value not in ("best", "latest"):
         path = Path(value)
         if path.is_dir():
-            return resolve("best", path, key)
+            return resolve("best", path, key, arch)
         if not path.is_file():
             raise CheckpointError(f"{key}: checkpoint {path} does not exist")
         return path
     train_dir = Path(train_dir)
     if value == "latest":
-        latest = latest_link(train_dir)
+        latest = latest_link(train_dir, arch)
         if not latest.exists():
-            raise CheckpointError(f"{key}=latest: no <arch>_model_latest.pth in {train_dir}; train first or give "
-                                  "a path")
+            raise CheckpointError(f"{key}=latest: no {latest.name} in {train_dir}; train first or give a path")
         return latest.resolve()
     entries = read_index(train_dir)
     best = best_entry(entries)

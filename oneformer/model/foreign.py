@@ -195,6 +195,12 @@ def read_foreign(path: str | Path, spec: ExperimentSpec, key: str | None = None,
     path, where = Path(path), f"{key}: " if key else ""
     if not path.is_file():
         raise CheckpointError(f"{where}checkpoint {path} does not exist")
+    if spec.arch != "oneformer":
+        why = f" ({refused})" if refused else ""
+        raise CheckpointError(f"{where}{path} is not a checkpoint of ours{why}. Other tools' checkpoints are read for "
+                              f"OneFormer only; for {spec.arch} give one written by `{spec.arch} train`, a "
+                              "transformers folder or hub id as train.pretrained_model, or the backbone's weights "
+                              "as model.backbone.pretrained_weights / pretrained_backbone_path")
     if raw is _UNREAD:
         try:
             raw = load_restricted(path)

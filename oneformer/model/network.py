@@ -68,10 +68,11 @@ def swin_config(swin: SwinSpec) -> SwinConfig:
     )
 
 
-def mask2former_config(model: ModelConfig, class_names: list[str] | None = None) -> Mask2FormerConfig:
-    """Map TAO's Mask2Former keys onto transformers' Mask2FormerConfig (Swin backbone)."""
-    head, seg = model.mask_former, model.sem_seg_head
-    return Mask2FormerConfig(
+def _query_head(model: ModelConfig, class_names: list[str] | None) -> dict:
+    """The config values OneFormer and Mask2Former share under the same names: classes, queries, losses and
+    matching, the pixel decoder's encoder and the transformer decoder."""
+    head, seg = model.head, model.sem_seg_head
+    return dict(
         backbone_config=swin_config(model.backbone.swin),
         num_labels=seg.num_classes,
         **_labels(class_names, seg.num_classes),
@@ -85,8 +86,6 @@ def mask2former_config(model: ModelConfig, class_names: list[str] | None = None)
         oversample_ratio=head.oversample_ratio,
         importance_sample_ratio=head.importance_sample_ratio,
         use_auxiliary_loss=head.deep_supervision,
-        feature_size=seg.convs_dim,
-        mask_feature_size=seg.mask_dim,
         hidden_dim=head.hidden_dim,
         encoder_feedforward_dim=seg.dim_feedforward,
         encoder_layers=seg.transformer_enc_layers,
@@ -95,9 +94,15 @@ def mask2former_config(model: ModelConfig, class_names: list[str] | None = None)
         dim_feedforward=head.dim_feedforward,
         dropout=head.dropout,
         pre_norm=head.pre_norm,
-        enforce_input_projection=head.enforce_input_proj,
         common_stride=seg.common_stride,
     )
+
+
+def mask2former_config(model: ModelConfig, class_names: list[str] | None = None) -> Mask2FormerConfig:
+    """Map TAO's Mask2Former keys onto transformers' Mask2FormerConfig (Swin backbone)."""
+    return Mask2FormerConfig(**_query_head(model, class_names), feature_size=model.sem_seg_head.convs_dim,
+                             mask_feature_size=model.sem_seg_head.mask_dim,
+                             enforce_input_projection=model.mask_former.enforce_input_proj)
 
 
 def segformer_config(spec: ExperimentSpec, class_names: list[str] | None = None) -> SegformerConfig:
@@ -113,24 +118,11 @@ def segformer_config(spec: ExperimentSpec, class_names: list[str] | None = None)
 def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFormerConfig:
     """Map TAO's OneFormer keys onto transformers' OneFormerConfig (Swin backbone)."""
     head, seg, text = model.one_former, model.sem_seg_head, model.text_encoder
-    n = seg.num_classes
     return OneFormerConfig(
-        backbone_config=swin_config(model.backbone.swin),
-        num_labels=n,
-        **_labels(class_names, n),
-        ignore_value=seg.ignore_value,
-        num_queries=head.num_object_queries,
-        no_object_weight=head.no_object_weight,
-        class_weight=head.class_weight,
-        mask_weight=head.mask_weight,
-        dice_weight=head.dice_weight,
+        **_query_head(model, class_names),
         contrastive_weight=head.contrastive_weight,
         contrastive_temperature=head.contrastive_temperature,
-        train_num_points=head.train_num_points,
-        oversample_ratio=head.oversample_ratio,
-        importance_sample_ratio=head.importance_sample_ratio,
         is_training=True,
-        use_auxiliary_loss=head.deep_supervision,
         output_auxiliary_logits=False,
         task_seq_len=text.task_seq_len,
         text_encoder_width=text.width,
@@ -141,17 +133,8 @@ def hf_config(model: ModelConfig, class_names: list[str] | None = None) -> OneFo
         text_encoder_n_ctx=text.n_ctx,
         conv_dim=seg.convs_dim,
         mask_dim=seg.mask_dim,
-        hidden_dim=head.hidden_dim,
-        encoder_feedforward_dim=seg.dim_feedforward,
         norm=seg.norm,
-        encoder_layers=seg.transformer_enc_layers,
-        decoder_layers=head.dec_layers,
-        num_attention_heads=head.nheads,
-        dim_feedforward=head.dim_feedforward,
-        dropout=head.dropout,
-        pre_norm=head.pre_norm,
         enforce_input_proj=head.enforce_input_proj,
-        common_stride=seg.common_stride,
     )
 
 
@@ -222,13 +205,16 @@ TAO_MODULES = {
     "text_projector": ("model.text_mapper.text_projector.",),
     "prompt_ctx": ("model.text_mapper.prompt_ctx.",),
 }
+TEXT_MODULES = ("task_mlp", "text_encoder", "text_projector", "prompt_ctx")  # OneFormer's only
 SEGFORMER_MODULES = {"backbone": ("segformer.",), "decode_head": ("decode_head.",)}  # the MiT encoder, the MLP head
 
 
 def freeze(net: Network, patterns: list[str]) -> int:
     """Freeze parameters named by TAO's module names (backbone, pixel_decoder, ...) or matching fnmatch patterns
     or prefixes of transformers' names; returns how many were frozen."""
-    modules = SEGFORMER_MODULES if net.config.model_type == "segformer" else TAO_MODULES
+    kind = net.config.model_type
+    modules = SEGFORMER_MODULES if kind == "segformer" else {k: v for k, v in TAO_MODULES.items() if uses_text(net)
+                                                             or k not in TEXT_MODULES}
     prefixes = [prefix for pat in patterns for prefix in modules.get(pat.rstrip(".*"), ())]
     raw = [pat for pat in patterns if pat.rstrip(".*") not in modules]
     count = 0

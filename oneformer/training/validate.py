@@ -65,7 +65,7 @@ def resume_point(spec: ExperimentSpec, train_dir: Path) -> tuple[Path | None, st
     explicit = spec.train.resume_training_checkpoint_path
     if explicit:
         return Path(explicit), RESUME_KEY
-    latest = latest_link(train_dir)
+    latest = latest_link(train_dir, spec.arch)
     # the newest whole checkpoint: the index is written before the link moves, so a run killed in between left an
     # indexed checkpoint newer than the link
     indexed = [e for e in read_index(train_dir) if Path(e["path"]).is_file()] if train_dir.is_dir() else []
@@ -97,7 +97,10 @@ def collect(spec: ExperimentSpec, deep: bool = True, weights: bool = False) -> T
         out.problems.append(SpecError([problem]))
     out.labels = attempt(lambda: read_labels(spec))
     ds = spec.dataset
-    if out.labels is not None:
+    if spec.arch == "segformer" and not ds.train.annotations:
+        out.problems.append(DataError("dataset.segment.root_dir is not set: SegFormer trains on root_dir/images/train "
+                                      "with root_dir/masks/train and validates on images/val with masks/val"))
+    elif out.labels is not None:
         out.train = attempt(lambda: read_split(ds.train.annotations, ds.train.images, ds.train.panoptic,
                                                ds.train.format, out.labels, "dataset.train", deep,
                                                ds.ignore_value, spec.binary_masks)) or []

@@ -71,8 +71,9 @@ def test_the_network_is_registered_under_its_own_name_with_its_card(run: dict) -
     assert ("PQ" in metrics) == (run["arch"] == "mask2former") and 0 <= metrics["mIoU"] <= 1
 
 
-def test_the_registered_model_segments_an_image(run: dict) -> None:
-    mlflow.set_tracking_uri(run["uri"])
+def test_the_registered_model_segments_an_image(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", run["uri"])  # as a user points MLflow at it (set_tracking_uri would
+    # stay set for every later test in this process)
     model = mlflow.pyfunc.load_model(run["result"]["registered"]["model_uri"])
     image = make_image(np.random.default_rng(4), 64)[0]
     [out] = model.predict([image])

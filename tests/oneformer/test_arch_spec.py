@@ -122,3 +122,44 @@ def test_the_smoke_presets_load_as_their_network(preset: str) -> None:
 
     spec = load_spec(preset_path(preset))
     assert spec.arch == preset.removesuffix("_smoke")
+
+
+def test_segformers_derived_settings_follow_dataset_segment_when_it_changes() -> None:
+    from oneformer.spec import with_values
+
+    spec = build_spec({"model": {"arch": "segformer"}, "dataset": {"segment": {"root_dir": "/d", "img_size": 128}}})
+    trial = with_values(spec, {"dataset.segment.batch_size": 8, "dataset.segment.img_size": 64})  # an AutoML trial
+    assert trial.dataset.train.batch_size == 8 and trial.dataset.augmentation.train_crop_size == [64, 64]
+    assert trial.dataset.augmentation.test_min_size == 64
+    assert trial.dataset.train.images == "/d/images/train"
+
+
+def test_segformer_without_its_root_names_the_key_to_set(tmp_path) -> None:  # noqa: ANN001
+    from oneformer.errors import DataError
+    from oneformer.training.validate import validate_training
+
+    spec = build_spec({"model": {"arch": "segformer"}, "results_dir": str(tmp_path)})
+    with pytest.raises(DataError, match="dataset.segment.root_dir is not set"):
+        validate_training(spec, deep=False)
+
+
+def test_another_tools_checkpoint_is_refused_for_the_other_networks(tmp_path) -> None:  # noqa: ANN001
+    import torch
+
+    from oneformer.errors import CheckpointError
+    from oneformer.model.foreign import read_any
+
+    torch.save({"state_dict": {"sem_seg_head.predictor.class_embed.weight": torch.zeros(2, 2)}}, tmp_path / "m.pth")
+    spec = build_spec({"model": {"arch": "mask2former"}})
+    with pytest.raises(CheckpointError, match="Other tools' checkpoints are read for OneFormer only; for mask2former"):
+        read_any(tmp_path / "m.pth", "evaluate.checkpoint", spec=spec)
+
+
+def test_latest_is_the_networks_own_link(tmp_path) -> None:  # noqa: ANN001
+    from oneformer.model.checkpoint import resolve
+
+    for arch in ("oneformer", "segformer"):
+        (tmp_path / f"{arch}.pth").write_bytes(b"x")
+        (tmp_path / f"{arch}_model_latest.pth").symlink_to(f"{arch}.pth")
+    assert resolve("latest", tmp_path, "export.checkpoint", "segformer").name == "segformer.pth"
+    assert resolve("latest", tmp_path, "export.checkpoint", "oneformer").name == "oneformer.pth"

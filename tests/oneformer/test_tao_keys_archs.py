@@ -50,6 +50,15 @@ def test_a_mask2former_bucket_reads_its_panoptic_annotations_and_says_so(caplog:
     assert spec.dataset.train.annotations.endswith("annotations_panoptic.json")
     assert "dataset.train.instance_json is not read" in caplog.text
     assert spec.dataset.test.target_size == [544, 960] and spec.model.backbone.swin.embed_dim == 96
+    assert spec.arch == "mask2former"  # TAO's Mask2Former keys say so, with no model.arch in the file
+
+
+def test_the_type_follows_the_annotations_the_mode_reads(caplog: pytest.LogCaptureFixture) -> None:
+    raw = {"model": {"mode": "instance"}, "dataset": {"val": {
+        "type": "coco_panoptic", "instance_json": "/i.json", "panoptic_json": "/p.json"}}}
+    spec, _ = notes_for("dataset.val", raw, caplog, built=True)
+    assert (spec.arch, spec.dataset.val.annotations, spec.dataset.val.format) == ("mask2former", "/i.json", "coco")
+    assert "dataset.val.type 'coco_panoptic' is read as coco" in caplog.text
 
 
 def test_a_segformer_spec_resolves_its_root_into_what_every_action_reads(caplog: pytest.LogCaptureFixture) -> None:

@@ -69,3 +69,20 @@ def test_a_mask_value_outside_the_palette_is_found_before_training(tmp_path: Pat
     spec = _spec(tmp_path, num_classes=3, palette=PALETTE)
     with pytest.raises(DataError, match=r"holds values \[7\]"):
         read_splits(spec, read_labels(spec), deep=True)
+
+
+def test_a_mapped_class_is_read_the_same_by_the_trained_model(tmp_path: Path) -> None:
+    """The label map a checkpoint or model file stores keeps the mapping: evaluation reads masks as training did."""
+    from oneformer.data.labelmap import LabelMap
+
+    labels = read_labels(_spec(tmp_path, num_classes=2, palette=PALETTE))
+    stored = LabelMap.from_list(labels.to_list(), labels.contiguous, "checkpoint label map")
+    assert stored.index == labels.index == {0: 0, 1: 1, 2: 1} and stored.names == ["background", "car"]
+
+
+def test_a_chain_of_mapped_classes_is_refused() -> None:
+    from oneformer.errors import SpecError
+
+    chain = [*PALETTE, {"seg_class": "van", "label_id": 3, "mapping_class": "truck"}]
+    with pytest.raises(SpecError, match=r"palette classes \['van'\] map onto a class that is itself mapped"):
+        build_spec({"model": {"arch": "segformer"}, "dataset": {"segment": {"num_classes": 2, "palette": chain}}})
