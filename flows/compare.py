@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     uri = f"sqlite:///{out / 'mlflow.db'}"
     rows = {}
     for arch in a.arch or ARCHS:
-        folder = out / arch
+        folder = out / "networks" / arch  # not out/<arch>: `python -m` from `out` would import ./oneformer instead
         spec = generate(folder / "data", train=64, val=16, size=128, seed=0, arch=arch)
         args = ["--spec", str(spec), "--results-dir", str(folder / "results"), "--mlflow-uri", uri,
                 *sources(arch, folder / "data"), *(["--trials", str(a.trials)] if a.trials else []), *a.overrides]

@@ -1,0 +1,29 @@
+"""`make demo-all` as a user runs it, twice in the same folder (the second night): both runs finish, print the
+side-by-side table and register another version."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_comparison_runs_again_in_its_own_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "ONEFORMER_CACHE": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    command = [sys.executable, "-m", "flows.compare", "--out", ".", "--arch", "oneformer", "--arch", "segformer",
+               "--trials", "1", "--runs", "2", "train.num_epochs=1"]
+    for night in (1, 2):  # from the output folder, as the Makefile runs it: its folders must not shadow packages
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows = json.loads((tmp_path / "comparison.json").read_text())
+        assert set(rows) == {"oneformer", "segformer"}
+        assert "PQ" in rows["oneformer"]["metrics"] and "PQ" not in rows["segformer"]["metrics"]
+        assert all(r["latency_ms"]["ort_int8"] > 0 and r["int8_mb"] < r["onnx_mb"] for r in rows.values())
+        assert rows["segformer"]["registered"] == f"models:/segformer/{night}"
+        assert "SegFormer" in done.stdout and "ORT FP32 ms" in done.stdout
