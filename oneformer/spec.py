@@ -25,7 +25,6 @@ from oneformer.arch_spec import (
     Mask2FormerHead,
     SegmentConfig,
     differs,
-    divisibility,
     predicted_tasks,
 )
 from oneformer.errors import SpecError
@@ -321,8 +320,9 @@ class ModelConfig(Section):
     arch: Arch = Field("oneformer", description="The network: oneformer (one model for all three tasks, "
                                                 "task-conditioned), mask2former (one task per model, model.mode) "
                                                 "or segformer (semantic only, MiT encoder + MLP decoder); empty: "
-                                                "from the spec's shape (dataset.segment: segformer, "
-                                                "model.mask_former: mask2former) or the CLI's name")
+                                                "the command's (`mask2former`, `segformer`), else the spec's "
+                                                "shape (dataset.segment: segformer; model.mask_former, swin.type "
+                                                "or TAO's img_dir/panoptic_json keys: mask2former)")
     mode: Task | None = Field(None, description="Mask2Former: the task the model is trained for and predicts "
                                                 "(default panoptic, which also answers semantic and instance); "
                                                 "SegFormer: semantic; OneFormer predicts all three (noted)")
@@ -550,7 +550,7 @@ class ExportConfig(Section):
     input_height: int = Field(640, gt=0, description="Height of the ONNX input in pixels, fixed in the graph "
                                                      "(default Mask2Former 544, SegFormer dataset.segment.img_size); a "
                                                      "multiple of the network's size_divisibility "
-                                                    "(model.one_former's, model.mask_former's; 32 for SegFormer)")
+                                                     "(model.one_former's, model.mask_former's; 32 for SegFormer)")
     batch_size: int = Field(-1, ge=-1, description="Batch of the ONNX input; -1: a dynamic batch axis")
     task: Task = Field("semantic", description="Task the graph answers (its task text is built in): semantic "
                                                "outputs what semantic_output says; instance and panoptic output "
@@ -765,8 +765,9 @@ class ExperimentSpec(Section):
 
     @property
     def size_divisibility(self) -> int:
-        """Padding multiple of the network's input (a query-based head's size_divisibility; 32 for SegFormer)."""
-        return divisibility(self.arch, self.model.model_dump())
+        """Training's padding multiple of the network's input: the query-based head's size_divisibility (0 or 1: no
+        padding), 32 for SegFormer."""
+        return 32 if self.arch == "segformer" else self.model.head.size_divisibility
 
     def value_at(self, dotted: str) -> Any:
         """The value of a dotted key such as `dataset.val.images`."""

@@ -163,3 +163,10 @@ def test_latest_is_the_networks_own_link(tmp_path) -> None:  # noqa: ANN001
         (tmp_path / f"{arch}_model_latest.pth").symlink_to(f"{arch}.pth")
     assert resolve("latest", tmp_path, "export.checkpoint", "segformer").name == "segformer.pth"
     assert resolve("latest", tmp_path, "export.checkpoint", "oneformer").name == "oneformer.pth"
+
+
+def test_training_pads_to_each_networks_own_divisibility() -> None:
+    assert build_spec({"model": {"one_former": {"size_divisibility": 0}}}).size_divisibility == 0  # no padding
+    assert build_spec({"model": {"arch": "mask2former", "mask_former": {"size_divisibility": 64}}}
+                      ).size_divisibility == 64
+    assert build_spec({"model": {"arch": "segformer"}}).size_divisibility == 32
