@@ -37,12 +37,17 @@ def _archive() -> bytes:
 
 
 def run_count(task_run_id: UUID) -> int:
-    """How often the API saw a task run start, once it has recorded the run's final state (it records them a
-    moment after the task returns)."""
+    """How often the API saw a task run start, once it has recorded the run's final state (it records runs from
+    events a moment after the task returns: on a loaded machine the run itself may not be there yet)."""
+    from prefect.exceptions import ObjectNotFound
+
     with get_client(sync_client=True) as client:
         for _ in range(100):
-            task_run = client.read_task_run(task_run_id)
-            if task_run.state is not None and task_run.state.is_final():
+            try:
+                task_run = client.read_task_run(task_run_id)
+            except ObjectNotFound:
+                task_run = None
+            if task_run is not None and task_run.state is not None and task_run.state.is_final():
                 return task_run.run_count
             time.sleep(0.1)
     raise TimeoutError(f"task run {task_run_id} has no final state in the API after 10 s")
