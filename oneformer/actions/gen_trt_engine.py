@@ -1,9 +1,12 @@
 """The gen_trt_engine action: a TensorRT engine from an exported (or INT8 QDQ) ONNX file, checked on real images.
 
 Written to NVIDIA's documented TensorRT 10 Python API. Everything that decides *what* to build (precision,
-shapes, workspace, names, the QDQ check) is plain Python and runs anywhere; only `build` and the TensorRT
-predictor (oneformer.runtime.tensorrt) touch TensorRT, and both start by checking that TensorRT and a CUDA
-device are present.
+shapes, workspace, names, the QDQ check, the builder flags, the Q/DQ rewrite TensorRT needs) is plain Python and
+runs anywhere; only `build` and the TensorRT predictor (oneformer.runtime.tensorrt) touch TensorRT, and both
+start by checking that TensorRT and a CUDA device are present.
+
+TensorRT 11 removed the weak-typing builder flags (BuilderFlag.FP16, BuilderFlag.INT8): there, INT8 engines
+still build from the QDQ model (its types are explicit), and fp16 is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from oneformer.artifacts import StatusWriter, output_path, write_bytes, write_json, write_text
 from oneformer.errors import CheckpointError, ConversionError, SpecError
@@ -44,6 +50,7 @@ class BuildSettings:
     info: ModelInfo
     verbose: bool = False
     gpu_id: int = 0
+    optimization_level: int | None = None  # TensorRT's builder_optimization_level (0-5); None: its default (3)
 
 
 def onnx_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
@@ -56,6 +63,106 @@ def onnx_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
 def is_qdq(model: onnx.ModelProto) -> bool:
     """Explicitly quantized (what `oneformer quantize` writes): TensorRT takes its INT8 scales from the graph."""
     return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+# QuantizeLinear's integer range per zero-point type
+QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
+
+
+def symmetric_qdq(model: onnx.ModelProto) -> int:
+    """Rewrite the Q/DQ pairs TensorRT cannot take into ones it can, in place; returns how many scales changed.
+
+    TensorRT takes only symmetric INT8 quantization (int8 zero points of 0); ONNX Runtime's CPU recipe of
+    `oneformer quantize` has asymmetric UINT8 activations. Each asymmetric (scale s, zero point z) covers
+    [(qmin - z) s, (qmax - z) s]; the int8 scale max(-lo, hi) / 127 with zero point 0 covers the same range, so
+    the calibrated ranges are kept (at up to twice the step). INT32 biases (ONNX Runtime quantizes Conv/Gemm biases
+    with scale = input scale x weight scale), which TensorRT cannot dequantize, become the float constants they
+    stand for (exact). Shape ops that read a quantized tensor (quantize's shortcut for ONNX Runtime) read its
+    DequantizeLinear again: TensorRT's quantized tensors feed only Q/DQ. Initializers left unused are dropped.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    folded = fold_int32_dequantize(model, inits)
+    rewritten: dict[tuple[str, str], tuple[str, str]] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 2:
+            continue
+        scale_name = node.input[1]
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        if scale_name not in inits or (zp_name and zp_name not in inits):
+            continue  # computed scales: left to TensorRT's parser to judge
+        key = (scale_name, zp_name)
+        if key not in rewritten:
+            zp_type = inits[zp_name].data_type if zp_name else onnx.TensorProto.UINT8
+            if zp_type not in QRANGE:
+                continue  # FP8/INT4/INT16: not ours to touch
+            zero = numpy_helper.to_array(inits[zp_name]).astype(np.float64) if zp_name else np.float64(0)
+            if zp_type == onnx.TensorProto.INT8 and not np.any(zero):
+                continue  # already what TensorRT takes
+            scale = numpy_helper.to_array(inits[scale_name]).astype(np.float64)
+            qmin, qmax = QRANGE[zp_type]
+            sym = np.maximum((zero - qmin) * scale, (qmax - zero) * scale) / 127
+            new_scale = numpy_helper.from_array(sym.astype(np.float32), f"{scale_name}_trt")
+            new_zero = numpy_helper.from_array(np.zeros(np.shape(zero), np.int8), f"{zp_name or scale_name}_trt_zp")
+            model.graph.initializer.extend([new_scale, new_zero])
+            rewritten[key] = (new_scale.name, new_zero.name)
+        names = rewritten[key]
+        del node.input[1:]
+        node.input.extend(names)
+    dequantized = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.input[0] in dequantized:
+            node.input[0] = dequantized[node.input[0]]
+    if folded or rewritten:
+        used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+        kept = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return len(rewritten) + folded
+
+
+def fold_int32_dequantize(model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]) -> int:
+    """DequantizeLinear nodes of constant INT32 tensors replaced by their float values; returns how many."""
+    keep, count = [], 0
+    for node in model.graph.node:
+        args = list(node.input) + [""] * (3 - len(node.input))
+        if (node.op_type != "DequantizeLinear" or args[0] not in inits
+                or inits[args[0]].data_type != onnx.TensorProto.INT32
+                or args[1] not in inits or (args[2] and args[2] not in inits)):
+            keep.append(node)
+            continue
+        q = numpy_helper.to_array(inits[args[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[args[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(inits[args[2]]).astype(np.float64) if args[2] else np.zeros_like(scale)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and q.ndim > 1:  # per-channel along `axis`
+            shape = [1] * q.ndim
+            shape[axis % q.ndim] = scale.size
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        value = numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0])
+        model.graph.initializer.append(value)
+        inits[value.name] = value
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return count
+
+
+def builder_flags(trt: Any, precision: str) -> list[Any]:
+    """The BuilderFlags for an engine precision. TensorRT 10 weak typing: FP16 lets it pick FP16 kernels, INT8
+    takes the scales of the graph's Q/DQ nodes. TensorRT 11 has neither flag: its networks are strongly typed, so
+    the QDQ model alone makes an INT8 engine and fp16 needs an FP16 ONNX model, which export does not write."""
+    if precision == "fp32":
+        return []
+    flag = getattr(trt.BuilderFlag, precision.upper(), None)
+    if flag is not None:
+        return [flag]
+    if precision == "int8":
+        return []
+    raise ConversionError(f"gen_trt_engine.tensorrt.data_type={precision}: TensorRT {trt.__version__} builds only "
+                          f"strongly typed networks (BuilderFlag.{precision.upper()} was removed in TensorRT 11); "
+                          f"install TensorRT 10 (pip install 'tensorrt-cu12>=10,<11') for {precision} engines, or "
+                          f"build fp32 or int8 (from `oneformer quantize`'s QDQ model)")
 
 
 def default_onnx(spec: ExperimentSpec) -> Path:
@@ -139,17 +246,24 @@ def build(s: BuildSettings) -> dict:
     torch.cuda.set_device(torch.device(cuda_device(s.gpu_id, "gen_trt_engine.gpu_id")))
     logger = trt.Logger(trt.Logger.VERBOSE if s.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    flags = builder_flags(trt, s.precision)  # before any work: TensorRT 11 refuses fp16
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(s.onnx_file)):
+    model = onnx.load(str(s.onnx_file)) if s.precision == "int8" else None
+    if model is not None and (changed := symmetric_qdq(model)):  # symmetric int8 Q/DQ, which TensorRT takes
+        log.info("gen_trt_engine: %d asymmetric Q/DQ scales made symmetric int8 for TensorRT", changed)
+        parsed = parser.parse(model.SerializeToString(), str(s.onnx_file))
+    else:
+        parsed = parser.parse_from_file(str(s.onnx_file))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ConversionError(f"TensorRT could not parse {s.onnx_file}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, s.workspace_bytes)
-    if s.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    if s.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the graph's Q/DQ nodes
+    for flag in flags:
+        config.set_flag(flag)
+    if s.optimization_level is not None:
+        config.builder_optimization_level = s.optimization_level
     profile = builder.create_optimization_profile()
     profile.set_shape(s.input_name, s.min_shape, s.opt_shape, s.max_shape)
     config.add_optimization_profile(profile)

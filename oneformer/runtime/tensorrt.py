@@ -16,8 +16,8 @@ from oneformer.data.labelmap import LabelMap
 from oneformer.errors import CheckpointError, ConversionError
 from oneformer.runtime.predictor import ModelInfo, Outputs, check_task, outputs_from
 
-INSTALL_HINT = ("install NVIDIA TensorRT 10 for your CUDA version (pip install tensorrt, served from NVIDIA's "
-                "package index) on a machine with an NVIDIA GPU")
+INSTALL_HINT = ("install NVIDIA TensorRT 10 for your CUDA version (pip install 'tensorrt-cu12>=10,<11', or "
+                "tensorrt-cu13 for CUDA 13) on a machine with an NVIDIA GPU")
 
 
 def require_tensorrt() -> Any:
@@ -33,6 +33,15 @@ def require_tensorrt() -> Any:
     return tensorrt
 
 
+def engine_device(device: str | None) -> str:
+    """cuda:<index> for a device name: TensorRT deserializes onto the current device, which torch sets only from an
+    indexed device (plain "cuda" or None is the current one)."""
+    where = torch.device(device or "cuda")
+    if where.type != "cuda":
+        raise ConversionError(f"TensorRT engines run on a CUDA device, not {device!r}")
+    return f"cuda:{torch.cuda.current_device() if where.index is None else where.index}"
+
+
 def sidecar(engine: Path) -> Path:
     """Engines cannot carry ONNX metadata; it travels next to them."""
     return engine.with_name(engine.name + ".json")
@@ -40,6 +49,8 @@ def sidecar(engine: Path) -> Path:
 
 class TensorRTPredictor:
     """TensorRT inference of an engine built by gen_trt_engine (input and outputs live on the GPU)."""
+
+    backend = "tensorrt"
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
         self.path = Path(path)
@@ -50,8 +61,10 @@ class TensorRTPredictor:
             raise CheckpointError(f"{sidecar(self.path)} is missing: build the engine with `oneformer gen_trt_engine`")
         self.info = ModelInfo.from_json(sidecar(self.path).read_text(), str(sidecar(self.path)))
         self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, str(sidecar(self.path)))
+        self.precision = self.info.precision
         trt = require_tensorrt()
         self.trt = trt
+        self.device = engine_device(device)
         torch.cuda.set_device(torch.device(self.device))  # the engine deserializes onto the current device
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())

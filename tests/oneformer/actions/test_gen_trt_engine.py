@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from oneformer.actions.gen_trt_engine import engine_name, gen_trt_engine, settings
+from oneformer.actions.gen_trt_engine import builder_flags, engine_name, gen_trt_engine, settings, symmetric_qdq
 from oneformer.errors import CheckpointError, ConversionError, SpecError
 from oneformer.runtime.predictor import META_KEY, ModelInfo
 from oneformer.spec import build_spec
@@ -84,6 +85,50 @@ def test_int8_needs_a_qdq_model(tmp_path: Path) -> None:
     tiny_onnx(tmp_path / "model.onnx", qdq=True)
     assert settings(spec_for(tmp_path, data_type="int8")).engine_file.name == "model.int8.engine"
     assert engine_name(Path("x/model.int8.onnx"), "int8") == "model.int8.engine"
+
+
+def test_asymmetric_uint8_qdq_becomes_symmetric_int8_over_the_same_range(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    path = tiny_onnx(tmp_path / "model.onnx", qdq=True)
+    model = onnx.load(str(path))
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(100, np.uint8), "z"))  # range [-10, 15.5]
+    model.graph.node.append(helper.make_node("Shape", ["q"], ["shape"]))  # quantize's shortcut: Shape reads q
+    model.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, None))
+    assert symmetric_qdq(model) == 1
+    scales = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q, dq, shape = model.graph.node
+    assert list(q.input[1:]) == list(dq.input[1:]) == ["s_trt", "z_trt_zp"] and shape.input[0] == "scores"
+    assert scales["z_trt_zp"].dtype == np.int8 and scales["z_trt_zp"] == 0
+    assert np.isclose(scales["s_trt"], 0.1 * 155 / 127)  # max(100 - 0, 255 - 100) steps of 0.1, over 127
+    assert symmetric_qdq(model) == 0  # symmetric int8 already: untouched
+    x = np.linspace(-9, 15, 3 * 64 * 64, dtype=np.float32).reshape(1, 3, 64, 64)
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        "pixel_values": x})
+    assert np.abs(out[0] - x).max() <= scales["s_trt"] / 2 + 1e-6 and list(out[1]) == [1, 3, 64, 64]
+
+
+def test_int32_bias_dequantize_becomes_its_float_constant() -> None:
+    inits = [numpy_helper.from_array(np.array([3, -4], np.int32), "b_q"),
+             numpy_helper.from_array(np.array([0.5, 0.25], np.float32), "b_s"),
+             numpy_helper.from_array(np.array([0, 0], np.int32), "b_z")]
+    nodes = [helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], axis=0),
+             helper.make_node("Add", ["x", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert symmetric_qdq(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Add"]
+    assert {t.name: numpy_helper.to_array(t).tolist() for t in model.graph.initializer} == {"b": [1.5, -1.0]}
+
+
+def test_builder_flags_follow_the_tensorrt_version() -> None:
+    trt10 = SimpleNamespace(__version__="10.16.1", BuilderFlag=SimpleNamespace(FP16="fp16", INT8="int8"))
+    trt11 = SimpleNamespace(__version__="11.4.0", BuilderFlag=SimpleNamespace(TF32="tf32"))
+    assert builder_flags(trt10, "fp16") == ["fp16"] and builder_flags(trt10, "int8") == ["int8"]
+    assert builder_flags(trt10, "fp32") == [] == builder_flags(trt11, "int8") == builder_flags(trt11, "fp32")
+    with pytest.raises(ConversionError, match=r"TensorRT 11.4.0 builds only strongly typed networks.*tensorrt-cu12"):
+        builder_flags(trt11, "fp16")
 
 
 def test_missing_onnx_and_existing_engine(tmp_path: Path) -> None:
