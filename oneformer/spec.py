@@ -483,6 +483,34 @@ class TrainConfig(Section):
 
 
 # ----------------------------------------------------------------------------- other actions
+RuntimeBackend = Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"]
+RuntimePrecision = Literal["auto", "fp32", "bf16", "int8"]
+BACKEND_HELP = ("What runs the model: auto (a checkpoint on torch, an engine on tensorrt, an ONNX file on the "
+                "fastest of onnxruntime and openvino whose parity against ONNX Runtime passed on this machine, "
+                "measured once into <file>.backends.json), torch (checkpoints), onnxruntime or openvino (ONNX files; "
+                "openvino needs the package: pip install 'oneformer-pipeline[openvino]'), tensorrt (trt_engine)")
+PRECISION_HELP = ("Runtime precision (not train.precision): auto (the file's own, fp32 or int8 for a quantized "
+                  "file; with backend auto also OpenVINO bf16 where this CPU has it and it is faster and passes "
+                  "parity), fp32, bf16 (OpenVINO on a CPU with AVX512-BF16 or AMX) or int8 (the INT8 file's own: "
+                  "checks the file is one)")
+PRECISION_ALIASES = {"fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+                     "int8": "int8", "auto": "auto"}
+
+
+def runtime_precision(section: str) -> Callable[[Any], Any]:
+    """A validator reading FP32, float32, 32, BF16, bfloat16 ... as the runtime's names (with a warning naming
+    <section>.precision); anything else is left to the Literal's error, which lists the allowed values."""
+
+    def normalize(v: Any) -> Any:
+        key = str(v).strip().lower()
+        if key in PRECISION_ALIASES and PRECISION_ALIASES[key] != v:
+            log.warning("%s.precision %r normalized to %r", section, v, PRECISION_ALIASES[key])
+            return PRECISION_ALIASES[key]
+        return v
+
+    return normalize
+
+
 class EvaluateConfig(Section):
     """Evaluation of a checkpoint, ONNX file, engine, or prediction files."""
 
@@ -501,6 +529,8 @@ class EvaluateConfig(Section):
     num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise the checkpoint or engine runs on one GPU, the "
                                                "first of gpu_ids (a larger batch_size uses it better)")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; evaluation runs on the first")
+    backend: RuntimeBackend = Field("auto", description=BACKEND_HELP)
+    precision: RuntimePrecision = Field("auto", description=PRECISION_HELP)
     results_dir: str | None = Field(None, description="Where metrics.json and per_class_iou.csv go; default "
                                                       "<results_dir>/evaluate")
     batch_size: int | None = Field(None, ge=1, description="Images per forward pass, zero-padded to the largest "
@@ -508,6 +538,8 @@ class EvaluateConfig(Section):
     iou_per_class: bool = Field(True, description="Also log the per-class IoU table (per_class_iou.csv is "
                                                   "written either way)")
     max_images: int | None = Field(None, gt=0, description="Evaluate only the first N images")
+
+    _precision = field_validator("precision", mode="before")(runtime_precision("evaluate"))
 
 
 class InferenceConfig(Section):
@@ -527,10 +559,14 @@ class InferenceConfig(Section):
                                                       "<results_dir>/inference")
     num_gpus: int = Field(1, ge=0, description="0: the CPU; otherwise one GPU, the first of gpu_ids")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; inference runs on the first")
+    backend: RuntimeBackend = Field("auto", description=BACKEND_HELP)
+    precision: RuntimePrecision = Field("auto", description=PRECISION_HELP)
     batch_size: int = Field(1, ge=1, description="Images per forward pass (zero-padded to the largest with "
                                                  "keep_aspect_ratio)")
     opacity: float = Field(0.5, ge=0, le=1, description="Overlay blend of the colored label map")
     draw_labels: bool = Field(True, description="Overlays name each segment's class and box each instance")
+
+    _precision = field_validator("precision", mode="before")(runtime_precision("inference"))
 
 
 class ExportConfig(Section):

@@ -4,9 +4,11 @@ files and checkpoint, tags, a model card, and the alias rules."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import io
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from oneformer.runtime.choice import report_rows, version_report
 from oneformer.runtime.predictor import META_KEY, ModelInfo
 from oneformer.runtime.segment import PREDICT_PARAMS
 from tasks import tracking
@@ -53,8 +56,11 @@ DESCRIPTION = (
     "OneFormer universal segmentation, trained, tuned and converted by the oneformer pipeline. Every version is a "
     "`candidate`; `champion` is the best on the same test images whose INT8 gate passed. Use it with "
     "`mlflow.pyfunc.load_model('models:/{name}@champion').predict(['image.jpg'], "
-    "params={{'task': 'semantic', 'precision': 'fp32'}})`: paths, encoded image bytes or HxWx3 uint8 arrays in; a "
-    "label map, a segment map and named segments per image out. `mlflow models serve -m models:/{name}@champion` "
+    "params={{'task': 'semantic', 'backend': 'auto', 'precision': 'auto'}})`: paths, encoded image bytes or HxWx3 "
+    "uint8 arrays in; a label map, a segment map and named segments per image out, each with the `model` that "
+    "answered (e.g. openvino-int8). auto is the fastest backend (onnxruntime, openvino) and file (FP32, INT8 where "
+    "its gate passed) whose parity passed, measured at registration (the version's backends.json); name a backend "
+    "or precision (fp32, bf16, int8) to choose yourself. `mlflow models serve -m models:/{name}@champion` "
     "serves the same over HTTP (images as base64). Each version's card holds its metrics and lineage.")
 
 
@@ -88,17 +94,62 @@ def example_image(config: dict[str, Any]) -> bytes:
 
 
 def requirements() -> list[str]:
-    """The served model's pip requirements, pinned to what trained it (inferring them runs a 2 s subprocess)."""
-    names = ("mlflow", "onnxruntime", "onnx", "numpy", "pandas", "pillow", "torch", "transformers", "pydantic",
-             "pyyaml", "oneformer-pipeline")
+    """The served model's pip requirements, pinned to what trained it (inferring them runs a 2 s subprocess);
+    OpenVINO where it is installed, since the backends report may choose it."""
+    names = ["mlflow", "onnxruntime", "onnx", "numpy", "pandas", "pillow", "torch", "transformers", "pydantic",
+             "pyyaml", "oneformer-pipeline"]
+    if importlib.util.find_spec("openvino") is not None:
+        names.append("openvino")
     return [f"{n}=={importlib.metadata.version(n)}" for n in names]
 
 
+def backends_report(card: ModelCard, files: dict[str, Path]) -> dict[str, Any]:
+    """Each ONNX file of the version on every backend this machine runs (latency, parity against ONNX Runtime):
+    what the served model's backend/precision auto picks from. The INT8 file is measured only where the quantize
+    report says its gate passed."""
+    int8 = card.int8
+    return version_report({k: v for k, v in files.items() if k in ("fp32", "int8")},
+                          int8_passed=int8 is not None and int8.passed, int8_verdict=int8.verdict if int8 else "")
+
+
+def backend_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """A few run metrics from a backends report: latency, images/s and parity agreement per backend."""
+    out = {}
+    for _, candidate, row in report_rows(report):
+        tag = candidate.name.replace("-", "_")
+        if row.get("ms") is not None:
+            out[f"backend_{tag}_ms"] = float(row["ms"])
+            out[f"backend_{tag}_images_per_s"] = float(row["images_per_s"] or 0.0)
+        if "parity" in row:
+            out[f"backend_{tag}_agreement"] = float(row["parity"]["agreement"])
+    return out
+
+
+def log_backends(c: MlflowClient, run_id: str, report: dict[str, Any], local: Path) -> None:
+    """The backends report as a run artifact (backends/backends.json) and its figures as run metrics."""
+    c.log_artifact(run_id, str(local), "backends")
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in backend_metrics(report).items()])
+
+
 def log_served_model(c: MlflowClient, experiment: str, run_id: str, card: ModelCard, files: dict[str, Path]
-                     ) -> LoggedModel:
-    """The version's pyfunc model (served_model.py with its ONNX files and checkpoint) as the run's logged model
-    "model", with what log_model records: the run's params, the run's output link, its step-0 metrics and the
-    MLmodel ids. Written with the client, because the fluent log_model needs MLflow's process-wide tracking URI."""
+                     ) -> tuple[LoggedModel, dict[str, Any]]:
+    """The version's pyfunc model (served_model.py with its ONNX files, checkpoint and backends report) as the run's
+    logged model "model", with what log_model records: the run's params, the run's output link, its step-0 metrics
+    and the MLmodel ids; the backends report also goes to the run (artifact and metrics). Written with the client,
+    because the fluent log_model needs MLflow's process-wide tracking URI. Returns the model and the report."""
+    logger = get_run_logger()
+    logger.info("measuring the backends of %s (latency and parity of each file on each runtime here)",
+                ", ".join(p.name for k, p in files.items() if k != "checkpoint"))
+    report = backends_report(card, files)
+    chosen = report["chosen"]
+    logger.info("backends: %s answers by default (%s)", chosen["backend"], ", ".join(
+        f"{candidate.name} {row['ms']} ms{'' if row.get('passed') else ' [parity failed]'}"
+        for _, candidate, row in report_rows(report) if row.get("ms") is not None))
+    with tempfile.TemporaryDirectory(prefix="oneformer-backends-") as tmp:  # first: the model page shows them too
+        local = Path(tmp) / "backends.json"
+        local.write_text(json.dumps(report, indent=1))
+        log_backends(c, run_id, report, local)
     run = c.get_run(run_id)
     model = c.create_logged_model(experiment, name="model", source_run_id=run_id, model_type="oneformer",
                                   params=dict(run.data.params))
@@ -107,11 +158,14 @@ def log_served_model(c: MlflowClient, experiment: str, run_id: str, card: ModelC
             config = serving_config(card, files["fp32"])
             config_file = Path(tmp) / "serving.json"
             config_file.write_text(json.dumps(config, indent=1))
+            report_file = Path(tmp) / "backends.json"
+            report_file.write_text(json.dumps(report, indent=1))
             local = Path(tmp) / "model"
             ids = Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id,
                         model_id=model.model_id)
             mlflow.pyfunc.save_model(str(local), python_model=str(SERVED_MODEL), mlflow_model=ids,
-                                     artifacts={"config": str(config_file), **{k: str(v) for k, v in files.items()}},
+                                     artifacts={"config": str(config_file), "backends": str(report_file),
+                                                **{k: str(v) for k, v in files.items()}},
                                      signature=signature(), input_example=[example_image(config)],
                                      pip_requirements=requirements())
             c.log_model_artifacts(model.model_id, str(local))
@@ -123,7 +177,7 @@ def log_served_model(c: MlflowClient, experiment: str, run_id: str, card: ModelC
     except BaseException:
         c.finalize_logged_model(model.model_id, "FAILED")
         raise
-    return c.finalize_logged_model(model.model_id, "READY")
+    return c.finalize_logged_model(model.model_id, "READY"), report
 
 
 COMPLETE_TAG = "registration"  # set last: a version without it was cut off mid-registration and is finished later
@@ -157,7 +211,8 @@ def _register(c: MlflowClient, experiment: str, card: ModelCard, onnx_file: str)
         files = {"fp32": Path(onnx_file), "checkpoint": Path(card.selection.checkpoint)}
         if card.int8 is not None and card.int8.file:
             files["int8"] = Path(card.int8.file)
-        model = log_served_model(c, experiment, card.run_id, card, files)
+        model, backends = log_served_model(c, experiment, card.run_id, card, files)
+        serving = {"serving_backend": backends["chosen"]["backend"], "serving_file": backends["chosen"]["file"]}
         try:
             c.create_registered_model(card.name, description=DESCRIPTION.format(name=card.name))
         except MlflowException as exc:
@@ -166,7 +221,7 @@ def _register(c: MlflowClient, experiment: str, card: ModelCard, onnx_file: str)
         # The source is the logged model's artifact location, not models:/<model id>: MLflow's SQL registry
         # resolves that URI through the process-wide tracking URI, which this client does not set.
         version = str(c.create_model_version(card.name, model.artifact_location, run_id=card.run_id,
-                                             tags=card.tags(), model_id=model.model_id).version)
+                                             tags={**card.tags(), **serving}, model_id=model.model_id).version)
     else:
         version = done
         logger.info("%s v%s: finishing the registration an earlier try of this run began", card.name, version)

@@ -17,8 +17,10 @@ LAYERS = {
     "oneformer.artifacts": 0, "oneformer.arch_spec": 0, "oneformer.sections": 0,
     "oneformer.data": 1,
     "oneformer.model": 2,
-    "oneformer.runtime": 3,
-    "oneformer.evaluation": 4, "oneformer.training": 4, "oneformer.parity": 4,
+    # parity (how closely a converted file matches its source) sits with the runtime: the backend chooser
+    # (oneformer.runtime.choice) measures each backend's parity as it picks the fastest
+    "oneformer.runtime": 3, "oneformer.parity": 3,
+    "oneformer.evaluation": 4, "oneformer.training": 4,
     "oneformer.actions": 5,
     "oneformer.check": 6, "oneformer.templates": 6, "oneformer.cli": 6,
     "tasks": 7,

@@ -14,7 +14,7 @@ from oneformer.evaluation.score import score
 from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
 from oneformer.runtime.devices import inference_device
-from oneformer.runtime.predictor import Predictor
+from oneformer.runtime.predictor import Predictor, describe
 from oneformer.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def evaluate(spec: ExperimentSpec) -> dict:
         status.write("STARTED", f"Evaluation of {source} on {n_images} images")
         begun.append(True)
 
+    backend = None  # what runs the model: none for prediction files
     if cfg.predictions:
         model: PredictionFiles | Predictor = PredictionFiles(cfg.predictions, read_labels(spec), cfg.semantic_ids,
                                                              spec.dataset.ignore_value)
@@ -42,7 +43,11 @@ def evaluate(spec: ExperimentSpec) -> dict:
         model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "evaluate.checkpoint",
                              spec.arch)
         device = inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "evaluate")
-        model, source = open_predictor(model_path, spec=spec, device=device), str(model_path)
+        model, source = open_predictor(model_path, spec=spec, device=device, backend=cfg.backend,
+                                       precision=cfg.precision, section="evaluate"), str(model_path)
+        backend = describe(model)
+        log.info("evaluate: %s runs %s (evaluate.backend=%s, evaluate.precision=%s)", backend, model_path.name,
+                 cfg.backend, cfg.precision)
     try:
         scorer = score(model, spec, on_start=started)
     except Exception as exc:
@@ -50,14 +55,17 @@ def evaluate(spec: ExperimentSpec) -> dict:
             status.write("FAILURE", f"{type(exc).__name__}: {exc}")
         raise
     metrics = scorer.result()
-    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class)
-    status.write("SUCCESS", "Evaluation finished", kpi=metrics)
+    write_results(out_dir, metrics, scorer.per_class_iou(), source, cfg.iou_per_class, backend)
+    status.write("SUCCESS", "Evaluation finished" + (f" ({backend})" if backend else ""), kpi=metrics,
+                 backend=backend)
     return metrics
 
 
-def write_results(out_dir: Path, metrics: dict, per_class: list[dict], source: str, per_class_log: bool) -> None:
-    """metrics.json, per_class_iou.csv, and a readable table in the log."""
-    write_json(out_dir / "metrics.json", {**metrics, "model": source})
+def write_results(out_dir: Path, metrics: dict, per_class: list[dict], source: str, per_class_log: bool,
+                  backend: str | None = None) -> None:
+    """metrics.json (with the model and the backend that answered), per_class_iou.csv, and a readable table in the
+    log."""
+    write_json(out_dir / "metrics.json", {**metrics, "model": source, **({"backend": backend} if backend else {})})
     rows = io.StringIO(newline="")
     w = csv.DictWriter(rows, fieldnames=["class", "name", "iou"])
     w.writeheader()

@@ -15,7 +15,7 @@ from oneformer.model.checkpoint import resolve
 from oneformer.runtime import open_predictor
 from oneformer.runtime.devices import inference_device
 from oneformer.runtime.draw import overlay
-from oneformer.runtime.predictor import network_size
+from oneformer.runtime.predictor import describe, network_size
 from oneformer.runtime.segment import Thresholds, segment_batch
 from oneformer.spec import ExperimentSpec
 
@@ -32,11 +32,15 @@ def inference(spec: ExperimentSpec) -> dict:
     model_path = resolve(cfg.trt_engine or cfg.checkpoint, spec.action_dir("train"), "inference.checkpoint",
                          spec.arch)
     predictor = open_predictor(model_path, spec=spec,
-                               device=inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "inference"))
+                               device=inference_device(model_path, cfg.num_gpus, cfg.gpu_ids, "inference"),
+                               backend=cfg.backend, precision=cfg.precision, images=images[:2], section="inference")
+    answers = describe(predictor)
+    log.info("inference: %s runs %s (inference.backend=%s, inference.precision=%s)", answers, model_path.name,
+             cfg.backend, cfg.precision)
     labels = predictor.labels
     out_dir.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(out_dir)
-    status.write("STARTED", f"Inference on {len(images)} images")
+    status.write("STARTED", f"Inference on {len(images)} images with {answers}", backend=answers)
     palette, test = labels.palette, spec.model.test
     size = network_size(predictor, (cfg.image_size[0], cfg.image_size[-1]))
     if size != (cfg.image_size[0], cfg.image_size[-1]):
@@ -69,5 +73,7 @@ def inference(spec: ExperimentSpec) -> dict:
     if cfg.mode == "instance":
         write_json(out_dir / formats.INSTANCE_JSON, inst_entries, None)
     write_json(out_dir / "segments.json", segments)
-    status.write("SUCCESS", f"Inference finished: {len(images)} images", kpi={"images": len(images)})
-    return {"images": len(images), "results_dir": str(out_dir), "model": str(model_path), "mode": cfg.mode}
+    status.write("SUCCESS", f"Inference finished: {len(images)} images ({answers})", kpi={"images": len(images)},
+                 backend=answers)
+    return {"images": len(images), "results_dir": str(out_dir), "model": str(model_path), "mode": cfg.mode,
+            "backend": answers}

@@ -16,6 +16,8 @@ from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, check_task
 class OnnxPredictor:
     """ONNX Runtime inference (FP32 or INT8 QDQ) of a file written by `oneformer export` / `quantize`."""
 
+    backend = "onnxruntime"
+
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -33,6 +35,7 @@ class OnnxPredictor:
         if META_KEY not in meta:
             raise CheckpointError(f"{self.path} has no oneformer metadata: export it with `oneformer export`")
         self.info = ModelInfo.from_json(meta[META_KEY], str(self.path))
+        self.precision = self.info.precision  # the file's own: ONNX Runtime's CPU provider runs it as written
         self.labels = LabelMap.from_list(self.info.label_map, self.info.contiguous_id, f"{self.path} metadata")
         self.input = self.session.get_inputs()[0].name
         batch = self.session.get_inputs()[0].shape[0]  # an int when exported with a fixed export.batch_size

@@ -89,13 +89,35 @@ class Outputs:
 
 class Predictor(Protocol):
     """Maps prepared pixels [B,3,H,W] and a task to Outputs; `batch_range` is the (min, max) batch the model file
-    takes (max None: any), e.g. (4, 4) for an ONNX file exported with export.batch_size=4."""
+    takes (max None: any), e.g. (4, 4) for an ONNX file exported with export.batch_size=4. `backend` (torch,
+    onnxruntime, openvino, tensorrt) and `precision` (fp32, bf16, int8, fp16) say what answers: see `describe`."""
 
     info: ModelInfo
     labels: LabelMap
     batch_range: tuple[int, int | None]
+    backend: str
+    precision: str
 
     def __call__(self, pixels: torch.Tensor, task: str) -> Outputs: ...
+
+
+def describe(predictor: Predictor) -> str:
+    """The name of what answered, e.g. "openvino-int8": logs, status files and the served model's `model` field."""
+    return f"{predictor.backend}-{predictor.precision}"
+
+
+def onnx_info(path: Path) -> ModelInfo:
+    """The ModelInfo an exported ONNX file carries in its metadata, read without loading its weights or a runtime."""
+    import onnx
+
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
+        raise CheckpointError(f"{path} is not an ONNX file ({type(exc).__name__}: {str(exc)[:200]}); give a file "
+                              "written by `oneformer export` or `oneformer quantize`") from None
+    if META_KEY not in meta:
+        raise CheckpointError(f"{path} has no oneformer metadata: export it with `oneformer export`")
+    return ModelInfo.from_json(meta[META_KEY], str(path))
 
 
 def prepare(image: np.ndarray, size: tuple[int, int], mean: list[float], std: list[float], divisor: int = 32

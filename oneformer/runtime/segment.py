@@ -27,8 +27,9 @@ from oneformer.runtime.predictor import (
 )
 
 TASKS = ("semantic", "instance", "panoptic")
-PRECISIONS = ("fp32", "int8")
-PREDICT_PARAMS = {"task": "", "precision": "fp32"}  # the registered model's predict params ("": the graph's task)
+# The registered model's predict params: "" task is the graph's; auto backend and precision are the fastest
+# (file, backend) whose parity passed (tasks/served_model.py)
+PREDICT_PARAMS = {"task": "", "backend": "auto", "precision": "auto"}
 
 
 @dataclass(frozen=True)

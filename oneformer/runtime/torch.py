@@ -24,6 +24,8 @@ class TorchPredictor:
     """PyTorch eager inference from one of our checkpoints (semantic answered as scores, like exports)."""
 
     batch_range: tuple[int, int | None] = (1, None)
+    backend = "torch"
+    precision = "fp32"  # checkpoints run as trained-for inference: float32 weights and activations
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, spec: ExperimentSpec | None = None,
                  key: str | None = None) -> None:

@@ -133,3 +133,18 @@ def test_presets_load() -> None:
 
     for name in PRESETS:
         load_spec(preset_path(name))
+
+
+def test_a_bad_runtime_backend_or_precision_names_the_key_and_the_values(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(None, ["inference.backend=openvno", "evaluate.precision=fp16"])
+    text = str(err.value)
+    assert "inference.backend: Input should be 'auto', 'torch', 'onnxruntime', 'openvino' or 'tensorrt' (got " \
+           "'openvno')" in text
+    assert "evaluate.precision: Input should be 'auto', 'fp32', 'bf16' or 'int8' (got 'fp16')" in text
+    with caplog.at_level(logging.WARNING):
+        spec = load_spec(None, ["inference.backend=openvino", "inference.precision=FP32",
+                                "evaluate.precision=bfloat16"])
+    assert (spec.inference.backend, spec.inference.precision, spec.evaluate.precision) == ("openvino", "fp32", "bf16")
+    assert "inference.precision 'FP32' normalized to 'fp32'" in caplog.text
+    assert (load_spec().inference.backend, load_spec().evaluate.precision) == ("auto", "auto")

@@ -103,7 +103,21 @@ def test_champion_moves_only_for_a_passing_int8_at_least_as_good(prefect_api, st
     assert len(outputs) == 6 and mlmodel["model_id"] in outputs and mlmodel["run_id"] == store["run"]
     assert mlmodel["signature"]["params"] and (local / "serving_input_example.json").is_file()
     logged = c.get_logged_model(mlmodel["model_id"])
-    assert {(m.key, m.value) for m in logged.metrics} == {("test_mIoU", 0.5)}  # shown on MLflow's model page
+    shown = {m.key: m.value for m in logged.metrics}  # on MLflow's model page: quality and each backend's speed
+    assert shown["test_mIoU"] == 0.5 and {"backend_onnxruntime_fp32_ms", "backend_openvino_int8_agreement"} <= \
+        set(shown) and all(k == "test_mIoU" or k.startswith("backend_") for k in shown)
+    report = json.loads((local / "artifacts" / "backends.json").read_text())
+    assert set(report["files"]) == {"fp32", "int8"} and report["int8_gate"]["passed"]  # the champion's gate passed
+    assert report["chosen"]["backend"] in {n for rep in report["files"].values() for n in rep["backends"]}
+    tags = c.get_model_version_by_alias("registry-test", "champion").tags
+    assert (tags["serving_backend"], tags["serving_file"]) == (report["chosen"]["backend"], report["chosen"]["file"])
+    failed = Path(mlflow.artifacts.download_artifacts(f"models:/registry-test/{failed_int8.version}",
+                                                      dst_path=str(store["dir"] / "failed")))
+    failed_report = json.loads((failed / "artifacts" / "backends.json").read_text())
+    assert set(failed_report["files"]) == {"fp32"} and not failed_report["int8_gate"]["passed"]  # never measured
+    run_files = {a.path for a in c.list_artifacts(store["run"], "backends")}
+    assert run_files == {"backends/backends.json"}
+    assert "backend_openvino_fp32_ms" in c.get_run(store["run"]).data.metrics
 
 
 def image_files(data: Path) -> list[Path]:
@@ -132,21 +146,24 @@ def test_a_registered_version_predicts_on_images(registered: str, small_synth: P
     image = read_image(path)
     forms = ([str(path)], str(path), [path.read_bytes()], image, [image, image], {"image": [image]},
              pd.DataFrame({"image": [path.read_bytes()]}))
-    results = [model.predict(v) for v in forms]
+    on_ort = {"backend": "onnxruntime", "precision": "fp32"}
+    results = [model.predict(v, params=on_ort) for v in forms]
     assert [len(r) for r in results] == [1, 1, 1, 1, 2, 1, 1]
     as_path = results[0][0]
-    expected = segment(open_predictor(random_models["onnx"]), image, "semantic", (64, 64))
+    expected = segment(open_predictor(random_models["onnx"], backend="onnxruntime"), image, "semantic", (64, 64))
     for out in (r for rs in results for r in rs):  # the same answer whichever way the image comes
-        assert out["model"] == "onnx-fp32" and out["task"] == "semantic"
+        assert out["model"] == "onnxruntime-fp32" and out["task"] == "semantic"
         assert out["label_map"].shape == image.shape[:2]
         np.testing.assert_array_equal(out["label_map"], expected.labels)
     names = {c["name"] for c in yaml.safe_load((small_synth.parent / "train" / "label_map.json").read_text())}
     assert {s["category"] for s in as_path["segments"]} <= names
     assert sum(s["area"] for s in as_path["segments"]) == image.shape[0] * image.shape[1]
-    int8 = model.predict([str(path)], params={"precision": "int8"})[0]
-    assert int8["model"] == "onnx-int8" and int8["label_map"].shape == image.shape[:2]
+    int8 = model.predict([str(path)], params={"precision": "int8"})[0]  # the params of before backends existed
+    assert int8["model"] in ("onnxruntime-int8", "openvino-int8") and int8["label_map"].shape == image.shape[:2]
+    fp32 = model.predict([str(path)], params={"precision": "fp32"})[0]
+    assert fp32["model"] in ("onnxruntime-fp32", "openvino-fp32")
     panoptic = model.predict([str(path)], params={"task": "panoptic"})[0]  # not the graph's task: the checkpoint
-    assert panoptic["model"] == "checkpoint-fp32" and panoptic["segment_map"].shape == image.shape[:2]
+    assert panoptic["model"] == "torch-fp32" and panoptic["segment_map"].shape == image.shape[:2]
     with pytest.raises(Exception, match="precision='fp16'"):
         model.predict([str(path)], params={"precision": "fp16"})
     with pytest.raises(Exception, match="image 0: 7 bytes that no image decoder reads"):
@@ -169,14 +186,15 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
         path = image_files(small_synth.parent)[0]
         encoded = base64.b64encode(path.read_bytes()).decode()
         answers = []
-        for body in ({"inputs": [encoded], "params": {"precision": "int8"}},
-                     {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}):
+        for body in ({"inputs": [encoded], "params": {"backend": "onnxruntime", "precision": "int8"}},
+                     {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}, "params": {"backend": "openvino",
+                                                                                              "precision": "fp32"}}):
             request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=60) as response:
                 answers.append(json.loads(response.read())["predictions"])
     h, w = read_image(path).shape[:2]
-    for (prediction,), model in zip(answers, ("onnx-int8", "onnx-fp32")):
+    for (prediction,), model in zip(answers, ("onnxruntime-int8", "openvino-fp32")):
         assert prediction["model"] == model and np.asarray(prediction["label_map"]).shape == (h, w)
         assert prediction["segments"] and all(isinstance(s["category"], str) for s in prediction["segments"])
 

@@ -44,8 +44,9 @@ def test_shape_ops_skip_the_dequantize() -> None:
 
 def test_quantize_a_checkpoint_exports_first_and_reports(random_models: dict) -> None:
     report, folder = random_models["report"], random_models["folder"]
-    assert sorted(p.name for p in folder.iterdir()) == ["model.int8.onnx", "model.int8.onnx.report.json",
-                                                       "model.onnx", "model.onnx.report.json", "status.json"]
+    written = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".backends.json"))  # others' choices
+    assert written == ["model.int8.onnx", "model.int8.onnx.report.json",
+                       "model.onnx", "model.onnx.report.json", "status.json"]
     assert json.loads((folder / "model.int8.onnx.report.json").read_text()) == report
     assert report["calibration_images"] == 2 and report["images"] == 4 and report["per_channel"]
     assert set(report["mIoU"]) == {"fp32", "int8"} and report["metrics"]["int8"]["num_images"] == 4

@@ -32,6 +32,7 @@ class Recorder:
     def __init__(self, inner: object, batch_range: tuple[int, int | None] | None = None) -> None:
         self.inner, self.sizes = inner, []
         self.info, self.labels = inner.info, inner.labels
+        self.backend, self.precision = inner.backend, inner.precision
         self.batch_range = batch_range or inner.batch_range
 
     def __call__(self, pixels: torch.Tensor, task: str) -> Outputs:

@@ -4,6 +4,7 @@ and give the same kind of answer (random weights, seconds); TensorRT engines nee
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from oneformer.data.readers import list_images, read_image
 from oneformer.errors import OneFormerError
 from oneformer.runtime import open_predictor
-from oneformer.runtime.predictor import ModelInfo, prepare
+from oneformer.runtime.predictor import ModelInfo, describe, prepare
 from oneformer.spec import PIXEL_MEAN, PIXEL_STD
 
 CLASSES = ["sky", "grass", "road", "circle", "square", "triangle"]
@@ -28,8 +29,25 @@ def models(random_models: dict) -> dict[str, Path]:
 
 
 def test_open_predictor_picks_the_backend_from_the_file(models: dict[str, Path]) -> None:
-    kinds = {name: type(open_predictor(path)).__name__ for name, path in models.items()}
+    kinds = {name: type(open_predictor(path, backend="auto" if name == "checkpoint" else "onnxruntime")).__name__
+             for name, path in models.items()}
     assert kinds == {"checkpoint": "TorchPredictor", "onnx": "OnnxPredictor", "int8": "OnnxPredictor"}
+    answers = {name: describe(open_predictor(path, backend=backend)) for name, path, backend in (
+        ("checkpoint", models["checkpoint"], "torch"), ("onnx", models["onnx"], "openvino"),
+        ("int8", models["int8"], "openvino"))}
+    assert answers == {"checkpoint": "torch-fp32", "onnx": "openvino-fp32", "int8": "openvino-int8"}
+
+
+@pytest.mark.parametrize(("model", "backend", "message"), [
+    ("checkpoint", "onnxruntime", "is a checkpoint, which runs on torch; for onnxruntime, export it"),
+    ("checkpoint", "tensorrt", "is a checkpoint, which runs on torch; for tensorrt, build an engine"),
+    ("onnx", "torch", "is an ONNX file, which runs on onnxruntime or openvino; give the checkpoint for torch"),
+    ("onnx", "tensorrt", "is an ONNX file, which runs on onnxruntime or openvino; for TensorRT, build an engine"),
+    ("onnx", "tensor-rt", "evaluate.backend='tensor-rt': one of auto, torch, onnxruntime, openvino, tensorrt")])
+def test_a_backend_that_cannot_run_the_file_is_an_error_naming_the_key(models: dict[str, Path], model: str,
+                                                                       backend: str, message: str) -> None:
+    with pytest.raises(OneFormerError, match=re.escape(message)):
+        open_predictor(models[model], backend=backend, section="evaluate")
 
 
 def test_every_model_file_carries_what_using_it_needs(models: dict[str, Path]) -> None:
