@@ -244,7 +244,9 @@ def assemble(env: dict, results: dict[str, PhaseResult], figures: dict, args: ar
                     "parity_vs_eager": latency.get("parity", {})},
         "notes": ["weights are trained for only --steps steps: label agreement on them says little (near one label "
                   "everywhere); max_abs_diff is the signal", "eager_cuda is float32 PyTorch; eager_cuda_bf16 runs it "
-                  "under bf16 autocast; each call includes the host-to-device copy and the copy of the outputs back"],
+                  "under bf16 autocast; each call includes the host-to-device copy and the copy of the outputs back",
+                  "on TensorRT 10 the int8 engine is built with FP16 as well: the layers the QDQ model leaves float "
+                  "may run in FP16 (engines.trt_int8.builder_flags)"],
     }
 
 
@@ -377,7 +379,8 @@ def phase_quantize(ctx: Context) -> None:
 def build_engine(ctx: Context, precision: str, onnx_file: Path) -> None:
     from dataclasses import replace
 
-    from oneformer.actions.gen_trt_engine import build, settings
+    from oneformer.actions.gen_trt_engine import build, builder_flags, settings
+    from oneformer.runtime.tensorrt import require_tensorrt
 
     cfg = ctx.spec.gen_trt_engine
     cfg.onnx_file, cfg.overwrite = str(onnx_file), True
@@ -386,7 +389,8 @@ def build_engine(ctx: Context, precision: str, onnx_file: Path) -> None:
     s = replace(settings(ctx.spec), optimization_level=ctx.args.trt_opt_level)
     built = build(s)
     ctx.engines[precision] = s.engine_file
-    ctx.figures[f"trt_{precision}"] = {**built, "optimization_level": s.optimization_level,
+    flags = [str(f).rsplit(".", 1)[-1] for f in builder_flags(require_tensorrt(), precision)]
+    ctx.figures[f"trt_{precision}"] = {**built, "optimization_level": s.optimization_level, "builder_flags": flags,
                                        "onnx_file": onnx_file.name}
 
 

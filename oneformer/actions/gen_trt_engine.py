@@ -150,13 +150,16 @@ def fold_int32_dequantize(model: onnx.ModelProto, inits: dict[str, onnx.TensorPr
 
 def builder_flags(trt: Any, precision: str) -> list[Any]:
     """The BuilderFlags for an engine precision. TensorRT 10 weak typing: FP16 lets it pick FP16 kernels, INT8
-    takes the scales of the graph's Q/DQ nodes. TensorRT 11 has neither flag: its networks are strongly typed, so
-    the QDQ model alone makes an INT8 engine and fp16 needs an FP16 ONNX model, which export does not write."""
+    takes the scales of the graph's Q/DQ nodes; an int8 engine gets FP16 too, so that the layers the QDQ model
+    leaves float (deformable attention, softmax, norms) may run in FP16 rather than FP32 (trtexec's --int8 --fp16).
+    TensorRT 11 has neither flag: its networks are strongly typed, so the QDQ model alone makes an INT8 engine and
+    fp16 needs an FP16 ONNX model, which export does not write."""
     if precision == "fp32":
         return []
     flag = getattr(trt.BuilderFlag, precision.upper(), None)
     if flag is not None:
-        return [flag]
+        fp16 = getattr(trt.BuilderFlag, "FP16", None) if precision == "int8" else None
+        return [flag] + ([fp16] if fp16 is not None else [])
     if precision == "int8":
         return []
     raise ConversionError(f"gen_trt_engine.tensorrt.data_type={precision}: TensorRT {trt.__version__} builds only "

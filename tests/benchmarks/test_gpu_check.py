@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_script(tmp_path: Path, nvidia_smi: str | None, **env: str) -> subprocess
     environ = {"PATH": str(fake_bin(tmp_path, nvidia_smi)), "HOME": str(tmp_path), "GPU_CHECK_VENV": str(venv),
                **env}
     bash = next(Path(d) / "bash" for d in os.environ["PATH"].split(os.pathsep) if (Path(d) / "bash").is_file())
-    done = subprocess.run([str(bash), str(SCRIPT)], capture_output=True, text=True, env=environ, timeout=30,
+    done = subprocess.run([str(bash), str(SCRIPT)], capture_output=True, text=True, env=environ, timeout=60,
                           cwd=tmp_path)  # the timeout is the "fails fast" bound: seconds, not minutes of installs
     assert not venv.exists() and not (tmp_path / ".cache").exists(), "nothing may be installed without a GPU"
     return done
@@ -59,6 +60,19 @@ def test_no_nvidia_smi_fails_in_seconds_with_one_clear_line_and_installs_nothing
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_check: no GPU: nvidia-smi is not on PATH")
     assert "run this on a machine with an NVIDIA GPU" in lines[0]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi")
+def test_the_script_as_run_here_fails_fast_and_creates_no_venv(tmp_path: Path) -> None:
+    """`bash benchmarks/gpu_check.sh` in this environment, unchanged but for where its default venv would go."""
+    cache = tmp_path / "cache"
+    before = {p for p in REPO.iterdir() if p.name.startswith(".venv")}
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no GPU:") and "NVIDIA GPU" in lines[0]
+    assert not cache.exists() and {p for p in REPO.iterdir() if p.name.startswith(".venv")} == before
 
 
 @pytest.mark.parametrize(("smi", "message"), [
@@ -179,6 +193,20 @@ def test_the_json_document() -> None:
     assert lat["images_per_s"] == {"eager_cuda": 25.0, "tensorrt_fp16": 125.0} and lat["input"] == [1, 3, 640, 640]
     assert lat["speedup_vs_eager"]["tensorrt_fp16"] == 5.0 and lat["parity_vs_eager"]["tensorrt_fp16"]["agreement"]
     assert doc["engines"] == {"trt_fp16": {"build_seconds": 70.1}} and doc["train"] == {"steps_per_s": 3.2}
+
+
+def test_the_gpu_spec_is_the_swin_tiny_network_on_synthetic_data(tmp_path: Path) -> None:
+    """The spec the GPU run trains (not the CPU smoke one): swin_tiny's network, one CUDA device, bf16."""
+    ctx = gc.Context(args=gc.parse_args(["--steps", "4", "--epochs", "2", "--train-size", "128", "--calibration", "2",
+                                         "--parity-images", "2"]), work=tmp_path, device="cuda:0")
+    gc.phase_data(ctx)
+    spec = ctx.spec
+    assert (spec.model.backbone.swin.embed_dim, spec.model.backbone.swin.depths) == (96, [2, 2, 6, 2])
+    assert spec.model.one_former.num_object_queries == 150 and spec.model.one_former.dec_layers == 10
+    assert (spec.train.num_gpus, spec.train.precision, spec.train.num_epochs, spec.train.iters_per_epoch) == (
+        1, "bf16-mixed", 2, 2)
+    assert spec.dataset.train.batch_size == 2 and spec.export.input_height == 640
+    assert ctx.figures["data"]["train_images"] == 4
 
 
 def test_where_the_json_goes(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_int32_bias_dequantize_becomes_its_float_constant() -> None:
 def test_builder_flags_follow_the_tensorrt_version() -> None:
     trt10 = SimpleNamespace(__version__="10.16.1", BuilderFlag=SimpleNamespace(FP16="fp16", INT8="int8"))
     trt11 = SimpleNamespace(__version__="11.4.0", BuilderFlag=SimpleNamespace(TF32="tf32"))
-    assert builder_flags(trt10, "fp16") == ["fp16"] and builder_flags(trt10, "int8") == ["int8"]
+    assert builder_flags(trt10, "fp16") == ["fp16"] and builder_flags(trt10, "int8") == ["int8", "fp16"]
     assert builder_flags(trt10, "fp32") == [] == builder_flags(trt11, "int8") == builder_flags(trt11, "fp32")
     with pytest.raises(ConversionError, match=r"TensorRT 11.4.0 builds only strongly typed networks.*tensorrt-cu12"):
         builder_flags(trt11, "fp16")
