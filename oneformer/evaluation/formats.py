@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from oneformer.data.labelmap import LabelMap
-from oneformer.data.readers import id_to_rgb, rgb_to_id
+from oneformer.data.readers import id_to_rgb
 from oneformer.errors import DataError
 from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction
 
@@ -49,12 +49,17 @@ def semantic_luts(labels: LabelMap, ignore: int) -> dict[str, dict[int, int]]:
 
 
 def read_semantic(path: Path, lut: dict[int, int]) -> np.ndarray:
-    """Class-index map (-1 unlabeled) of a semantic PNG through one reading of its values."""
-    values = np.asarray(Image.open(path)).astype(np.int64)
+    """Class-index map (-1 unlabeled, int16) of a semantic PNG through one reading of its values: one table gather
+    over the PNG's own 8/16-bit values (no widening of the pixels), unknown values checked on the small table."""
+    with Image.open(path) as im:
+        values = np.asarray(im)
     if values.ndim != 2:
         raise DataError(f"evaluate.predictions: {path} is a {values.ndim}-channel image; a semantic prediction is a "
                         f"single-channel PNG of ids")
-    table = np.full(max(int(values.max(initial=0)), max(lut)) + 1, -2, dtype=np.int64)
+    if values.dtype not in (np.uint8, np.uint16):
+        values = values.astype(np.int64)
+    top = 1 << 16 if values.dtype == np.uint16 else 256 if values.dtype == np.uint8 else int(values.max(initial=0)) + 1
+    table = np.full(max(top, max(lut) + 1), -2, dtype=np.int16)
     for v, idx in lut.items():
         table[v] = idx
     out = table[values]
@@ -74,6 +79,15 @@ def panoptic_entry(folder: Path, stem: str, pred: PanopticPrediction, labels: La
     segs = [{"id": s["id"], "category_id": int(raw[s["category"]]), "isthing": s["isthing"],
              "score": round(s["score"], 4), "area": int((pred.ids == s["id"]).sum())} for s in pred.segments]
     return {"file_name": f"{stem}.png", "image_name": stem, "segments_info": segs}
+
+
+def panoptic_ids(path: Path) -> np.ndarray:
+    """A COCO panoptic PNG's segment ids (R + 256 G + 256^2 B, int32), as `rgb_to_id` reads them, in one pass:
+    PIL's RGBX bytes read as little-endian 32-bit words, the pad byte masked off."""
+    with Image.open(path) as im:
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        words = np.frombuffer(rgb.tobytes("raw", "RGBX"), dtype="<u4").reshape(rgb.height, rgb.width)
+    return (words & 0xFFFFFF).view(np.int32)  # < 2**24: the same values, no copy
 
 
 def instance_entries(stem: str, preds: list[InstancePrediction], labels: LabelMap) -> list[dict]:
@@ -194,8 +208,7 @@ class PredictionFiles:
         png = self.panoptic_dir / entry["file_name"]
         if not png.is_file():
             raise DataError(f"evaluate.predictions: {png} (named by {self.folder / PANOPTIC_JSON}) does not exist")
-        with Image.open(png) as im:
-            ids = rgb_to_id(np.asarray(im.convert("RGB")))
+        ids = panoptic_ids(png)
         segs = [{"id": s["id"], "category": self.labels.index[s["category_id"]],
                  "isthing": bool(self.labels.thing_mask[self.labels.index[s["category_id"]]]),
                  "score": s.get("score", 1.0)} for s in entry["segments_info"] if s["category_id"] in self.labels.index]
@@ -209,6 +222,30 @@ class PredictionFiles:
         return [InstancePrediction(mask_utils.decode(r["segmentation"]).astype(bool),
                                    self.labels.index[r["category_id"]], float(r["score"]))
                 for r in found if r["category_id"] in self.labels.index]
+
+    def instance_rles(self, stem: str, image_id: int | str = -1) -> list[tuple[int, float, dict]] | None:
+        """The instance predictions for an image as (class index, score, compressed RLE), not decoded: what mask AP
+        reads (None when the file lists none for it)."""
+        found = self._find(self.instances, stem, image_id)
+        if found is None:
+            return None
+        out = []
+        for r in found:
+            if r["category_id"] not in self.labels.index:
+                continue
+            rle = r["segmentation"]
+            if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str):  # bytes or uncompressed counts
+                if isinstance(rle, dict) and isinstance(rle.get("counts"), list):
+                    rle = mask_utils.frPyObjects(rle, *rle["size"])
+                rle = _rle(mask_utils.decode(rle))
+            out.append((self.labels.index[r["category_id"]], float(r["score"]), rle))
+        return out
+
+
+def _rle(mask: np.ndarray) -> dict:
+    """A mask as compressed RLE with text counts (COCO results' form)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
 
 
 def _json(path: Path) -> Any:

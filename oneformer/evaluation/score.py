@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -13,8 +15,9 @@ from oneformer.data.loaders import worker_init
 from oneformer.data.readers import Record, load_target, read_image, read_split
 from oneformer.data.transforms import eval_size
 from oneformer.errors import DataError
-from oneformer.evaluation.formats import PredictionFiles
-from oneformer.evaluation.scorer import Scorer
+from oneformer.evaluation.formats import PredictionFiles, panoptic_ids
+from oneformer.evaluation.metrics import pool_context
+from oneformer.evaluation.scorer import ImageScore, ImageScorer, Scorer
 from oneformer.runtime.postprocess import InstancePrediction, PanopticPrediction, instance, panoptic
 from oneformer.runtime.predictor import ModelInfo, Predictor, Prepared, prepare, run_batch, stack
 from oneformer.spec import AugmentationConfig, ExperimentSpec, SplitConfig
@@ -45,11 +48,12 @@ def model_tasks(spec: ExperimentSpec, data_kind: str) -> list[str]:
 
 
 def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: int | None = None,
-          prefer: str = "test", on_start: Callable[[int], None] | None = None) -> Scorer:
+          prefer: str = "test", on_start: Callable[[int], None] | None = None, workers: int | None = None) -> Scorer:
     """Score a predictor (any backend) or prediction files on the evaluation split; `on_start(n_images)` runs once
     the split, the tasks and the predictions' completeness are validated, before the first image is scored. A
     predictor sees evaluate.batch_size images a forward pass (empty: the split's batch_size), decoded by the
-    split's num_workers loader processes."""
+    split's num_workers loader processes. Prediction files are scored by `workers` processes (default
+    os.cpu_count(); see score_files), which mask AP also uses."""
     what, split = eval_split(spec, prefer)
     labels = model.labels
     records = read_split(split.annotations, split.images, split.panoptic, split.format, labels, what,
@@ -72,13 +76,9 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
         check_complete(files, records, tasks, spec.evaluate.missing_predictions)
     if on_start is not None:
         on_start(len(records))
-    scorer = Scorer(labels, spec.dataset.ignore_value)
     if files is not None:
-        for n, rec in enumerate(records):
-            gt_ids, gt_segs = load_target(rec, labels)
-            scorer.add(n + 1, gt_ids, gt_segs, *file_predictions(files, rec, tasks, gt_ids.shape))
-            progress(n + 1, len(records))
-        return scorer
+        return score_files(files, records, tasks, spec.dataset.ignore_value, workers)
+    scorer = Scorer(labels, spec.dataset.ignore_value, workers)
     batch = spec.evaluate.batch_size or split.batch_size
     images = EvalImages(records, labels, model.info, spec.dataset.augmentation, split.target_size)
     workers = min(split.num_workers, len(records))
@@ -91,6 +91,68 @@ def score(model: Predictor | PredictionFiles, spec: ExperimentSpec, max_images: 
         done += len(items)
         progress(done, len(records), len(items))
     return scorer
+
+
+MIN_PARALLEL_IMAGES = 32  # fewer images are scored in this process: starting workers would cost more
+
+
+def score_files(files: PredictionFiles, records: list[Record], tasks: list[str], ignore: int = 255,
+                workers: int | None = None, chunk: int = 16) -> Scorer:
+    """Score prediction files on `records` (image n gets id n + 1). With many images and workers > 1 (default
+    os.cpu_count()), images are read and scored in worker processes over chunks of `chunk` images; their per-image
+    shares come back and are merged here in image order, so the result is exactly the serial one."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    scorer = Scorer(files.labels, ignore, workers)
+    job = _FileJob(files, tasks, scorer.image)
+    if workers <= 1 or len(records) < MIN_PARALLEL_IMAGES:
+        for n, rec in enumerate(records):
+            scorer.merge(n + 1, job(rec))
+            progress(n + 1, len(records))
+        return scorer
+    chunks = [records[i:i + chunk] for i in range(0, len(records), chunk)]
+    done = 0
+    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=pool_context(), initializer=_set_job,
+                             initargs=(job,)) as pool:
+        for part in pool.map(_run_job, chunks):
+            for one in part:
+                done += 1
+                scorer.merge(done, one)
+            progress(done, len(records), len(part))
+    return scorer
+
+
+class _FileJob:
+    """Reads one image's ground truth and prediction files and scores them (in this process or a worker)."""
+
+    def __init__(self, files: PredictionFiles, tasks: list[str], image: ImageScorer) -> None:
+        self.files, self.tasks, self.image = files, tasks, image
+
+    def __call__(self, rec: Record) -> ImageScore:
+        if rec.kind == "coco_panoptic" and rec.panoptic_png is not None:
+            gt_ids, gt_segs = panoptic_ids(rec.panoptic_png), rec.segments  # load_target's, read in one pass
+        else:
+            gt_ids, gt_segs = load_target(rec, self.files.labels)
+        sem, pan, _ = file_predictions(self.files, rec, [t for t in self.tasks if t != "instance"], gt_ids.shape)
+        rles = None
+        if "instance" in self.tasks:
+            rles = self.files.instance_rles(rec.image.stem, rec.image_id) or []
+            for _, _, rle in rles:
+                _same_size(tuple(rle["size"]), gt_ids.shape,
+                           self.files.where("instance", rec.image.stem, rec.image_id), rec)
+        return self.image(gt_ids, gt_segs, sem, pan, instance_rles=rles)
+
+
+_JOB: _FileJob | None = None  # a worker process's job, set once by its initializer
+
+
+def _set_job(job: _FileJob) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _run_job(records: list[Record]) -> list[ImageScore]:
+    assert _JOB is not None
+    return [_JOB(rec) for rec in records]
 
 
 def progress(done: int, total: int, batch: int = 1, action: str = "evaluate") -> None:

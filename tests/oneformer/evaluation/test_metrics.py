@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from oneformer.data.labelmap import LabelMap
 from oneformer.data.readers import Segment
@@ -86,3 +87,40 @@ def test_mask_ap_perfect_and_missed() -> None:
     half.add(1, ids, segs, instances=[InstancePrediction(ids == 1, 1, 0.9)])
     assert 0.4 < half.result()["AP"] < 0.6
     assert coco_mask_ap({"images": [], "annotations": [], "categories": []}, [])["AP"] == 0.0
+
+
+def test_confusion_reads_a_png_class_map_as_the_wide_one() -> None:
+    rng = np.random.default_rng(3)
+    gt = rng.integers(-1, 7, (48, 40))
+    gt[gt == 6] = 255  # void
+    wide = rng.integers(-1, 9, (48, 40))  # -1 unlabeled, 6..8 outside the 6 classes: a miss either way
+    for narrow in (wide.astype(np.int16), wide.astype(np.int8), np.where(wide < 0, 250, wide).astype(np.uint8)):
+        cm = ConfusionMatrix(6, 255)
+        assert (cm.counts(narrow, gt) == cm.counts(wide, gt)).all()
+    assert ConfusionMatrix(6, 255).counts(wide, gt).sum() == ((gt >= 0) & (gt < 6)).sum()
+
+
+def test_mask_ap_over_worker_processes_equals_one_cocoeval() -> None:
+    rng = np.random.default_rng(5)
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    results = []
+    for image in range(1, 13):
+        gt["images"].append({"id": image, "height": 32, "width": 32})
+        for _ in range(3):
+            y, x, h, w = (int(v) for v in rng.integers(0, 16, 4))
+            mask = np.zeros((32, 32), np.uint8)
+            mask[y:y + h + 4, x:x + w + 4] = 1
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode()
+            cat = int(rng.integers(1, 3))
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image, "category_id": cat,
+                                      "segmentation": rle, "area": float(mask.sum()), "iscrowd": 0,
+                                      "bbox": list(mask_utils.toBbox(rle))})
+            shifted = np.roll(mask, int(rng.integers(-3, 4)), axis=1)
+            pred = mask_utils.encode(np.asfortranarray(shifted))
+            pred["counts"] = pred["counts"].decode()
+            results.append({"image_id": image, "category_id": cat if rng.random() < 0.8 else 3 - cat,
+                            "segmentation": pred, "score": float(rng.random())})
+    serial = coco_mask_ap(gt, results, workers=1)
+    assert 0.05 < serial["AP"] < 1.0
+    assert coco_mask_ap(gt, results, workers=2, min_images=4) == serial
