@@ -127,7 +127,7 @@ def backend_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def log_backends(c: MlflowClient, run_id: str, report: dict[str, Any], local: Path) -> None:
     """The backends report as a run artifact (backends/backends.json) and its figures as run metrics."""
-    c.log_artifact(run_id, str(local), "backends")
+    tracking.log_run_artifact(c, run_id, local, "backends")
     now = int(time.time() * 1000)
     c.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in backend_metrics(report).items()])
 

@@ -100,6 +100,16 @@ def log_files(c: MlflowClient, run: str, files: list[str | Path], folder: str) -
     return [str(f) for f in files]
 
 
+def log_run_artifact(c: MlflowClient, run: str, path: Path, folder: str) -> None:
+    """One file into a run's artifacts through this client's own URI. MlflowClient.log_artifact reuses an
+    artifact repository cached per run id for the whole process, whatever URI made it: after an attempt through
+    another address (a proxy, a server since moved) it would keep writing there."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(c.get_run(run).info.artifact_uri, tracking_uri=c.tracking_uri)
+    repo.log_artifact(str(path), folder)
+
+
 def log_dataset(c: MlflowClient, run: str, name: str, source: str, digest: str, context: str) -> None:
     """The dataset as a run input (source URI and content digest), so a model version traces back to its data."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

@@ -113,8 +113,9 @@ def onnx_info(path: Path) -> ModelInfo:
     try:
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
-        raise CheckpointError(f"{path} is not an ONNX file ({type(exc).__name__}: {str(exc)[:200]}); give a file "
-                              "written by `oneformer export` or `oneformer quantize`") from None
+        raise CheckpointError(f"{path} is not an ONNX model ONNX Runtime can load "
+                              f"({type(exc).__name__}: {str(exc)[:200]}); give a file written by "
+                              "`oneformer export` or `oneformer quantize`") from None
     if META_KEY not in meta:
         raise CheckpointError(f"{path} has no oneformer metadata: export it with `oneformer export`")
     return ModelInfo.from_json(meta[META_KEY], str(path))
