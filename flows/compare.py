@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         result = pipeline(args)
         registered = result.get("registered") or {}
         rows[arch] = {"metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)},
-                      "registered": registered.get("model_uri"), **measure(result, a.runs)}
+                      "registered": registered.get("model_uri"), "new_version": registered.get("new", False),
+                      "checkpoint": result["checkpoint"], **measure(result, a.runs)}
     text = table(rows)
     print("\n" + text + f"\n\nRegistered in {uri}; latency: batch 1, median of {a.runs} interleaved calls on this "
           "machine's CPU")

@@ -123,7 +123,9 @@ def _closing(result: dict) -> str:
     lines = ["", "=" * 72, "oneformer-pipeline finished",
              "  test metrics: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("mIoU", "PQ", "AP") if k in m),
              f"  chosen: trial {result['chosen']['trial']} -> {result['checkpoint']}"]
-    if reg:
+    if reg and not reg.get("new", True):
+        lines.append(f"  {reg['verdict']} -> {reg['model_uri']}")
+    elif reg:
         lines.append(f"  registered: {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}) -> "
                      f"{reg['model_uri']}")
         lines.append(f"  champion gate: {reg['verdict']}")

@@ -239,10 +239,17 @@ def register_version(r: TrackedRun, model_card: ModelCard, conversions: tuple[Co
     onnx_file = next(c.file for c in conversions if c.kind == "onnx")
     registration = register(r.uri, r.experiment, model_card, onnx_file)
     base = tracking.shown(r.uri) if r.uri.startswith("http") else "http://127.0.0.1:5000"
-    create_link_artifact(f"{base.rstrip('/')}/#/models/{registration.name}/versions/{registration.version}",
-                         link_text=f"{registration.name} v{registration.version}", key="registered-model-version",
-                         description="The model version this run registered")
-    r.set_tags({"registered_version": registration.version, "promoted": str(registration.promoted)})
+    link = f"{base.rstrip('/')}/#/models/{registration.name}/versions/{registration.version}"
+    if registration.new:
+        create_link_artifact(link, link_text=f"{registration.name} v{registration.version}",
+                             key="registered-model-version", description="The model version this run registered")
+        r.set_tags({"registered_version": registration.version, "promoted": str(registration.promoted)})
+    else:  # the MLflow run's description (its note) says so too, linking the version it already is
+        create_link_artifact(link, link_text=f"{registration.name} v{registration.version} (already registered)",
+                             key="registered-model-version", description=registration.verdict)
+        r.set_tags({"registered_version": registration.version, "promoted": "False", "registry": "unchanged",
+                    "mlflow.note.content": f"{registration.verdict.split(' (', 1)[0]}: [{registration.name} "
+                                           f"v{registration.version}]({link}). {registration.verdict}"})
     return registration
 
 
@@ -258,9 +265,13 @@ def summary(r: TrackedRun, selected: Selection, evaluation: Evaluation | None, c
         lines += ["| conversion | agreement | max abs diff | mIoU | status |", "|---|---|---|---|---|"]
         lines += ["| " + " | ".join(c.row()) + " |" for c in conversions]
     lines += ["", "Artifacts:"] + [f"- {k}: `{v}`" for k, v in artifacts.items()]
-    if registration:
+    if registration and registration.new:
         lines += ["", f"Registered **{registration.name} v{registration.version}** (aliases: "
                       f"{', '.join(registration.aliases)}): {registration.verdict}"]
+    elif registration:
+        lines += ["", f"**{registration.verdict.split(' (', 1)[0]}**: this run's checkpoint is "
+                      f"**{registration.name} v{registration.version}** (`{registration.model_uri}`) already "
+                      f"(aliases: {', '.join(registration.aliases) or 'none'}); {registration.verdict}"]
     lines += ["", f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"]
     text = "\n".join(lines)
     create_markdown_artifact(markdown=text, key="oneformer-pipeline", description="OneFormer pipeline result")

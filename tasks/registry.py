@@ -51,6 +51,29 @@ def registered_before(c: MlflowClient, card: ModelCard) -> str | None:
     return None
 
 
+def registered_checkpoint(c: MlflowClient, card: ModelCard) -> str | None:
+    """The finished version another run registered from this very checkpoint file (same sha256), if any: a night
+    whose best trial is unchanged registers nothing new."""
+    versions = [mv for mv in c.search_model_versions(f"name = '{card.name}'")
+                if mv.tags.get("checkpoint_sha256") == card.checkpoint_sha256
+                and mv.tags.get(COMPLETE_TAG) == "complete"]
+    return str(min(int(mv.version) for mv in versions)) if versions else None
+
+
+def unchanged(c: MlflowClient, card: ModelCard, version: str) -> Registration:
+    """What a run whose checkpoint is version `version` already reports: the champion is unchanged."""
+    current = _champion_version(c, card.name)
+    mv = c.get_model_version(card.name, version)
+    same = (f"v{version}, the champion, is this checkpoint" if current == version else
+            f"this checkpoint is v{version} ({', '.join(mv.aliases) or 'no alias'})")
+    verdict = (f"champion unchanged: {f'v{current}' if current else 'none'} ({same}: sha256 {card.checkpoint_sha256}, "
+               f"registered by MLflow run {mv.run_id}); nothing new registered")
+    get_run_logger().info("%s: %s", card.name, verdict)
+    return Registration(name=card.name, version=version, aliases=list(mv.aliases),
+                        model_uri=f"models:/{card.name}/{version}", champion=current, promoted=False,
+                        verdict=verdict, new=False)
+
+
 SERVED_MODEL = Path(__file__).with_name("served_model.py")  # the pyfunc code logged with every version
 DESCRIPTION = (
     "OneFormer universal segmentation, trained, tuned and converted by the oneformer pipeline. Every version is a "
@@ -207,6 +230,8 @@ def _register(c: MlflowClient, experiment: str, card: ModelCard, onnx_file: str)
         return Registration(name=card.name, version=done, aliases=aliases, model_uri=f"models:/{card.name}/{done}",
                             champion=done if "champion" in aliases else None, promoted="champion" in aliases,
                             verdict="registered by this run before it was resumed")
+    if done is None and (same := registered_checkpoint(c, card)) is not None:
+        return unchanged(c, card, same)
     if done is None:
         files = {"fp32": Path(onnx_file), "checkpoint": Path(card.selection.checkpoint)}
         if card.int8 is not None and card.int8.file:

@@ -104,6 +104,7 @@ class Registration:
     champion: str | None
     promoted: bool = False
     verdict: str = ""
+    new: bool = True  # False: an earlier run registered this checkpoint already; nothing new was registered
 
 
 @dataclass(frozen=True)

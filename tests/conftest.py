@@ -133,7 +133,7 @@ def prefect_api() -> Iterator[None]:
     """Prefect's test harness (a temporary API and database); about 10 s to start, so once per session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

@@ -35,8 +35,7 @@ def test_a_pipeline_killed_mid_study_resumes_its_trial(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "flows.pipeline", "--spec", "specs/smoke.yaml", "--results-dir", str(results),
                "--mlflow-uri", uri, "--train", str(data / "train"), "--eval", str(data / "eval"), "--trials", "1",
                *(f"{k}={v}" for k, v in overrides.items())]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # a new database migrates first: slow on CI
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # its own ephemeral API, as a separate `python -m flows.pipeline` has
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

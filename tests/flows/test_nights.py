@@ -1,6 +1,6 @@
-"""The nightly pipeline over three nights, as a schedule runs it: a night that fails at quantize and is resumed, a
-night on grown training data, a night on a deliberately weak spec. Each night trains new trials; the champion moves
-only on numbers measured on the same test images."""
+"""The nightly pipeline night after night, as a schedule runs it: a night that fails at quantize and is resumed, a
+night on the same data whose best checkpoint is unchanged (nothing new registered), a night on grown training data,
+a night on a deliberately weak spec. The champion moves only on numbers measured on the same test images."""
 
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ def nights(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> dict:
                                        ("evaluate/metrics.json", "export/model.onnx")}}
     out["night1"] = pipeline(overrides=base, sources=sources(data1), resume=True, n_trials=1, **run)
     out["mtimes1"] = {p: (results / p).stat().st_mtime_ns for p in out["after_failure"]["mtimes"]}
+    # the same data again: this night's one trial runs out of automl.trial_timeout, so its best is night 1's
+    out["night1_again"] = pipeline(overrides={**base, "automl.trial_timeout": 1}, sources=sources(data1), n_trials=1,
+                                   **run)
     out["night2"] = pipeline(overrides=base, sources=sources(data2), n_trials=2, **run)
     weak = {**base, "train.num_epochs": 1, "automl.search_space": {"train.optim.lr": {"min": 1e-6, "max": 2e-6}}}
     out["night3"] = pipeline(overrides=weak, sources=sources(data2), n_trials=1, **run)
@@ -73,8 +76,8 @@ def test_a_failed_night_resumed_redoes_only_what_failed(nights: dict) -> None:
     assert failed_run.info.status == "FAILED" and "calibration" in failed_run.data.tags["failure"]
     assert nights["mtimes1"] == nights["after_failure"]["mtimes"]  # evaluation and export were not redone
     study = study_of(c, night1, results)
-    assert len(study.trials) == 1  # the resumed night trained no more trials: its one was done
-    assert {t.user_attrs["run_key"] for t in study.trials} == {record["run_key"]}
+    mine = [t for t in study.trials if t.user_attrs["run_key"] == record["run_key"]]
+    assert len(mine) == 1  # the resumed night trained no more trials: its one was done
     assert night1["registered"]["version"] == "1" and "champion" in night1["registered"]["aliases"]
     assert json.loads((results / "pipeline_run.json").read_text())["state"] == "COMPLETED"
 
@@ -123,3 +126,41 @@ def test_each_night_trains_new_trials_and_the_champion_moves_on_the_same_images(
     card = v3.description
     assert "## Champion gate" in card and f"champion v{champion_after_2}" in card and "stays a **candidate**" in card
     assert f"{float(v3.tags['champion_mIoU_same_test']):.4f}" in card and f"{float(v3.tags['mIoU']):.4f}" in card
+
+
+def test_a_night_whose_best_checkpoint_is_registered_already_registers_nothing_new(nights: dict) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    n1, again, n2 = nights["night1"], nights["night1_again"], nights["night2"]
+    c = MlflowClient(n1["tracking_uri"], registry_uri=n1["tracking_uri"])
+    study = study_of(c, again, nights["results"])
+    assert study.study_name == c.get_run(n1["mlflow_run_id"]).data.tags["optuna.study"]  # the same data: same study
+    assert len(study.trials) == 2 and study.trials[1].state.name == "FAIL"  # this night's trial ran out of time
+    assert again["checkpoint"] == n1["checkpoint"]
+
+    reg = again["registered"]
+    assert reg["new"] is False and reg["version"] == "1" and not reg["promoted"]
+    assert reg["verdict"].startswith("champion unchanged: v1") and "nothing new registered" in reg["verdict"]
+    versions = c.search_model_versions("name = 'nightly'")
+    shas = [v.tags["checkpoint_sha256"] for v in versions]
+    assert len(shas) == len(set(shas)) == 3  # one version per checkpoint: nights 1, 2 and 3
+    assert n2["registered"]["new"] and n2["registered"]["version"] == "2"  # new data: a new checkpoint, registered
+
+    run = c.get_run(again["mlflow_run_id"])  # the MLflow parent run says so and names the version
+    assert run.data.tags["registry"] == "unchanged" and run.data.tags["registered_version"] == "1"
+    assert run.data.tags["mlflow.note.content"].startswith("champion unchanged: v1: [nightly v1](")
+    summary = Path(c.download_artifacts(again["mlflow_run_id"], "summary.md")).read_text()
+    assert "**champion unchanged: v1**" in summary and "`models:/nightly/1`" in summary
+
+    async def artifacts() -> list:
+        async with get_client() as client:
+            flow_run = run.data.tags["prefect.flow_run_id"]
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run])))
+    links = {a.key: a for a in asyncio.run(artifacts())}
+    link = links["registered-model-version"]  # the Prefect artifact links the version it already is
+    assert "#/models/nightly/versions/1" in link.data and link.description.startswith("champion unchanged: v1")
+    assert "**champion unchanged: v1**" in links["oneformer-pipeline"].data

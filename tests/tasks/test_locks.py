@@ -82,8 +82,7 @@ def test_a_killed_run_on_the_local_ephemeral_api_does_not_lock_its_folder_foreve
 
     folder = str(tmp_path / "results")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")  # a new database migrates first: slow on CI
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     hold = ("import time; from tasks.locks import exclusive\n"
             f"with exclusive('results folder', {folder!r}):\n"
             "    print('held', flush=True); time.sleep(600)\n")
