@@ -19,10 +19,20 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import Task
 
 from flows.params import ActionInputs, refuse_secrets
+from oneformer.arch_spec import TITLES
 from oneformer.artifacts import write_json, write_text
-from oneformer.errors import CheckpointError, OneFormerError
+from oneformer.errors import CheckpointError, OneFormerError, SpecError
 from oneformer.secrets import redact_text, redact_url
-from oneformer.spec import ExperimentSpec, dump_spec, load_spec, parse_override, with_values
+from oneformer.spec import (
+    ExperimentSpec,
+    apply_overrides,
+    detect_arch,
+    dump_spec,
+    load_spec,
+    parse_override,
+    read_yaml,
+    with_values,
+)
 from tasks import tracking
 from tasks.actions import check_data
 from tasks.locks import exclusive
@@ -56,7 +66,22 @@ def spec_from(inputs: ActionInputs) -> ExperimentSpec:
     values = dict(inputs.overrides)
     if inputs.results_dir is not None:
         values["results_dir"] = inputs.results_dir
-    return load_spec(inputs.spec, values)
+    if inputs.arch:
+        refuse_other_network(inputs.spec, values, inputs.arch)
+    return load_spec(inputs.spec, values, inputs.arch)
+
+
+def refuse_other_network(path: str | None, values: dict[str, Any], arch: str) -> None:
+    """The flow's `arch` and the spec must name the same network: a spec that says (model.arch) or shows
+    (SegFormer's dataset.segment, Mask2Former's model.mask_former) another one is refused, naming both."""
+    raw = apply_overrides(read_yaml(path) if path else {}, values)
+    named = (raw.get("model") or {}).get("arch") if isinstance(raw.get("model"), dict) else None
+    shown_as = named or detect_arch(raw)
+    if shown_as != arch and (named or shown_as != "oneformer"):  # oneformer is only the fallback of the shape
+        why = f"model.arch: {named}" if named else "its keys"
+        raise SpecError([f"parameter arch={arch!r} but the spec is a {TITLES.get(shown_as, shown_as)} spec ({why}): "
+                         f"run it with arch={shown_as!r}, or give a {TITLES[arch]} spec (`{arch} default_specs` "
+                         f"writes one)"], path or "the embedded defaults")
 
 
 @dataclass
@@ -239,15 +264,18 @@ def run_name(action: str) -> Callable[[], str]:
 def run_from_argv(flow: Callable[..., Any], with_parent: bool = True) -> None:
     """`python -m flows.<action> [PARENT] [SPEC] [key=value ...]`: run an action flow locally and print its result."""
     args = sys.argv[1:]
-    usage = f"usage: python -m flows.{Path(sys.argv[0]).stem} {'PARENT ' if with_parent else ''}[SPEC] [key=value ...]"
+    usage = (f"usage: python -m flows.{Path(sys.argv[0]).stem} {'PARENT ' if with_parent else ''}[--arch=NETWORK] "
+             "[SPEC] [key=value ...]")
     if with_parent and (not args or "=" in args[0]):
         sys.exit(usage)
     own = {"parent": args.pop(0)} if with_parent else {}
+    arch = next((a.split("=", 1)[1] for a in args if a.startswith("--arch=")), None)
+    args = [a for a in args if not a.startswith("--arch=")]
     spec = args.pop(0) if args and "=" not in args[0] else None
     overrides = dict(parse_override(a) for a in args)
     refuse_secrets({**own, "overrides": overrides})  # before Prefect stores them with the flow run
     with user_errors():
-        print(flow(**own, spec=spec, overrides=overrides))
+        print(flow(**own, spec=spec, arch=arch, overrides=overrides))
 
 
 @contextmanager

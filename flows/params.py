@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_origin
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+from oneformer.arch_spec import Arch
 from oneformer.secrets import SECRET_KEYS, redact, secrets_in
 from tasks.sources import DataSources
 
@@ -42,6 +43,8 @@ class Tracking(BaseModel):
 S3_BLOCK = ("Prefect block with the S3 credentials: `aws-credentials/<name>` (prefect-aws AwsCredentials) or the "
             "name of a Secret block holding JSON")
 TrtPrecision = Literal["fp32", "fp16", "int8"]
+ARCH_HELP = ("The network: oneformer, mask2former or segformer (default: the spec's model.arch); a spec of another "
+             "network is refused")
 # Where each kind of secret goes instead of a flow parameter (Prefect stores parameters as given: database, UI).
 WHERE_SECRETS_GO = (
     "Prefect stores flow parameters as given (its database, the UI), so a secret never comes in as one. Keep the "
@@ -93,6 +96,7 @@ class ActionInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: str | None = Field(None, description="Experiment spec YAML (TAO keys); embedded defaults when empty")
+    arch: Arch | None = Field(None, description=ARCH_HELP)
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted spec keys, e.g. evaluate.batch_size")
     sources: DataSources = Field(default_factory=DataSources, description="Dataset URIs in TAO's bucket layout")
     results_dir: str | None = Field(None, description="Default: the spec's results_dir")
@@ -129,6 +133,17 @@ def flat_inputs(fn: Callable[..., R]) -> Callable[..., R]:
     if signature.return_annotation is not inspect.Signature.empty:
         flat.__annotations__["return"] = signature.return_annotation
     return flat
+
+
+def described(fn: Callable[..., R]) -> Callable[..., R]:
+    """`fn` with each Annotated Field description kept in the Prefect UI form (see _described)."""
+    own = inspect.signature(fn, eval_str=True)
+    signature = own.replace(parameters=[p.replace(annotation=_described(p.annotation))
+                                        for p in own.parameters.values()])
+    fn.__signature__ = signature  # type: ignore[attr-defined]  # what Prefect's parameter schema reads
+    fn.__annotations__ = {**{p.name: p.annotation for p in signature.parameters.values()},
+                          **({"return": own.return_annotation} if own.return_annotation is not own.empty else {})}
+    return fn
 
 
 def _described(annotation: Any) -> Any:

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from flows import stages as stage
 from flows.common import on_failure, tracked_run
-from flows.params import S3_BLOCK, ActionInputs, Stages, Tracking, TrtPrecision, refuse_secrets
+from flows.params import ARCH_HELP, S3_BLOCK, ActionInputs, Stages, Tracking, TrtPrecision, described, refuse_secrets
+from oneformer.arch_spec import ARCHS, Arch
 from tasks import tracking
 from tasks.sources import DataSources
 
@@ -34,9 +35,11 @@ def run_name() -> str:
 
 @flow(name="oneformer-pipeline", log_prints=True, flow_run_name=run_name, timeout_seconds=TIMEOUT_S,
       on_failure=[on_failure], on_crashed=[on_failure], on_cancellation=[on_failure])
+@described
 def pipeline(
     spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys); embedded defaults when empty")]
     = None,
+    arch: Annotated[Arch | None, Field(description=ARCH_HELP)] = None,
     overrides: Annotated[dict[str, Any], Field(description="Dotted spec keys, e.g. train.num_epochs")] = {},  # noqa: B006
     sources: Annotated[DataSources, Field(description="Dataset URIs in TAO's bucket layout")] = DataSources(),
     automl_policy: Annotated[bool, Field(description="On: an Optuna study; off: train once with the spec's values")]
@@ -55,7 +58,7 @@ def pipeline(
     """The whole chain; returns the registered version, metrics and artifact paths."""
     values = {**overrides, **({"model_name": model_name} if model_name else {}),
               **({"automl.n_trials": n_trials} if n_trials else {})}
-    inputs = ActionInputs(spec=spec, overrides=values, sources=sources, results_dir=results_dir,
+    inputs = ActionInputs(spec=spec, arch=arch, overrides=values, sources=sources, results_dir=results_dir,
                           tracking_config=tracking_config, s3_secret_block=s3_secret_block)
     with tracked_run("pipeline", inputs, "train", "spec.yaml", {"automl_policy": str(automl_policy)}, resume) as r:
         lineage = stage.lineage(r)
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
     p.add_argument("--spec", help="experiment spec YAML")
+    p.add_argument("--arch", choices=ARCHS, help=ARCH_HELP)
     p.add_argument("--trials", type=int, help="AutoML trial budget")
     p.add_argument("--no-automl", action="store_true", help="train once with the spec's values")
     p.add_argument("--results-dir")
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_secrets({"overrides": overrides, "tracking_config": {"tracking_uri": a.mlflow_uri},  # before Prefect
                     "sources": {"train": a.train, "eval": a.eval, "inference": a.inference,  # stores them
                                 "calibration": a.calibration}})
-    result = pipeline(spec=a.spec, overrides=overrides,
+    result = pipeline(spec=a.spec, arch=a.arch, overrides=overrides,
                       sources=DataSources(train=a.train, eval=a.eval, inference=a.inference,
                                           calibration=a.calibration),
                       automl_policy=not a.no_automl, n_trials=a.trials, results_dir=a.results_dir,

@@ -54,6 +54,7 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
     assert nightly["work_pool_name"] == "oneformer-process"
     schema = nightly["parameter_openapi_schema"]["properties"]
     assert schema["n_trials"]["anyOf"][0]["maximum"] == 500 and "automl_policy" in schema
+    assert schema["arch"]["anyOf"][0]["enum"] == ["oneformer", "mask2former", "segformer"]  # a choice in the form
 
     classes = yaml.safe_load(small_synth.read_text())["model"]["sem_seg_head"]["num_classes"]
     overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 1, "export.input_height": 64,

@@ -3,6 +3,7 @@ run from the command line with overrides (seconds: probe flows, no model)."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -45,11 +46,56 @@ def test_run_from_argv_takes_parent_spec_and_overrides(monkeypatch: pytest.Monke
     seen = {}
     monkeypatch.setattr(sys, "argv", ["flows/evaluate.py", "abc", "specs/smoke.yaml", "evaluate.batch_size=2"])
     run_from_argv(lambda **kw: seen.update(kw) or "done")
-    assert seen == {"parent": "abc", "spec": "specs/smoke.yaml", "overrides": {"evaluate.batch_size": 2}}
+    assert seen == {"parent": "abc", "spec": "specs/smoke.yaml", "arch": None, "overrides": {"evaluate.batch_size": 2}}
     assert capsys.readouterr().out == "done\n"
     monkeypatch.setattr(sys, "argv", ["flows/train.py", "train.num_epochs=1"])
     run_from_argv(lambda **kw: seen.update(kw, parent=None), with_parent=False)
-    assert seen == {"parent": None, "spec": None, "overrides": {"train.num_epochs": 1}}
+    assert seen == {"parent": None, "spec": None, "arch": None, "overrides": {"train.num_epochs": 1}}
+    monkeypatch.setattr(sys, "argv", ["flows/train.py", "--arch=segformer", "specs/segformer_smoke.yaml"])
+    run_from_argv(lambda **kw: seen.update(kw, parent=None), with_parent=False)
+    assert seen == {"parent": None, "spec": "specs/segformer_smoke.yaml", "arch": "segformer", "overrides": {}}
     monkeypatch.setattr(sys, "argv", ["flows/evaluate.py"])
     with pytest.raises(SystemExit, match="usage: python -m flows.evaluate PARENT"):
         run_from_argv(lambda **kw: None)
+
+
+FLOWS = ["flows.pipeline:pipeline", "flows.train:train_flow", "flows.evaluate:evaluate_flow",
+         "flows.export:export_flow", "flows.quantize:quantize_flow", "flows.inference:inference_flow",
+         "flows.gen_trt_engine:gen_trt_engine_flow"]
+
+
+@pytest.mark.parametrize("entrypoint", FLOWS)
+def test_every_flow_takes_the_network_as_a_choice_in_its_form(entrypoint: str) -> None:
+    import importlib
+
+    module, name = entrypoint.split(":")
+    schema = getattr(importlib.import_module(module), name).parameters.model_dump()["properties"]["arch"]
+    assert schema["anyOf"][0]["enum"] == ["oneformer", "mask2former", "segformer"] and schema["default"] is None
+    assert "refused" in schema["description"]
+
+
+@pytest.mark.parametrize(("spec", "arch", "named"), [
+    ("specs/segformer_smoke.yaml", "oneformer", "SegFormer spec (model.arch: segformer)"),
+    ("specs/mask2former_smoke.yaml", "segformer", "Mask2Former spec (model.arch: mask2former)"),
+])
+def test_a_spec_of_another_network_is_refused_naming_both(spec: str, arch: str, named: str) -> None:
+    from flows.common import spec_from
+    from oneformer.errors import SpecError
+
+    with pytest.raises(SpecError, match=rf"parameter arch='{arch}' but the spec is a {re.escape(named)}") as e:
+        spec_from(ActionInputs(spec=spec, arch=arch))
+    assert spec in str(e.value) and f"{arch} default_specs" in str(e.value)
+    shaped = ActionInputs(arch="oneformer", overrides={"dataset.segment": {"num_classes": 3}})  # SegFormer's keys
+    with pytest.raises(SpecError, match="a SegFormer spec \\(its keys\\)"):
+        spec_from(shaped)
+
+
+@pytest.mark.parametrize("arch", ["oneformer", "mask2former", "segformer"])
+def test_the_network_parameter_picks_its_defaults_and_agrees_with_its_own_spec(arch: str) -> None:
+    from flows.common import spec_from
+
+    spec = spec_from(ActionInputs(arch=arch))  # the embedded defaults of that network
+    assert spec.arch == arch and spec.model_name == arch
+    own = {"oneformer": "specs/smoke.yaml", "mask2former": "specs/mask2former_smoke.yaml",
+           "segformer": "specs/segformer_smoke.yaml"}[arch]
+    assert spec_from(ActionInputs(spec=own, arch=arch)).arch == arch
