@@ -224,6 +224,20 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         logging.getLogger(__name__).exception("could not record the failure of flow run %s", flow_run.id)
 
 
+def end_trials(flow: Any, flow_run: Any, state: Any) -> None:
+    """Study flow cancellation/crash/failure hook: the trial flow runs it launched on workers end too, their Optuna
+    trials failed, so no worker goes on training for a run nobody waits for (Prefect's worker runs this hook after
+    it killed a cancelled or crashed flow run's process)."""
+    from tasks.trial_runs import abandon_trials
+
+    why = f"the study flow run {flow_run.name} ({flow_run.id}) was {state.name.lower()}: nobody waits for this trial"
+    try:
+        if ended := abandon_trials(flow_run.id, why):
+            logging.getLogger(__name__).warning("%s: cancelled trial flow runs %s", why, ", ".join(ended))
+    except Exception:
+        logging.getLogger(__name__).exception("could not end the trial flow runs of flow run %s", flow_run.id)
+
+
 @contextmanager
 def action_run(action: str, parent: str | None, inputs: ActionInputs) -> Iterator[TrackedRun]:
     """An action flow's run: tagged with its parent, closed with a markdown artifact of its outputs."""

@@ -12,7 +12,7 @@ from prefect import flow
 from pydantic import Field
 
 from flows import stages as stage
-from flows.common import on_failure, tracked_run
+from flows.common import end_trials, on_failure, tracked_run
 from flows.params import ARCH_HELP, S3_BLOCK, ActionInputs, Stages, Tracking, TrtPrecision, described, refuse_secrets
 from oneformer.arch_spec import ARCHS, Arch
 from tasks import tracking
@@ -34,7 +34,8 @@ def run_name() -> str:
 
 
 @flow(name="oneformer-pipeline", log_prints=True, flow_run_name=run_name, timeout_seconds=TIMEOUT_S,
-      on_failure=[on_failure], on_crashed=[on_failure], on_cancellation=[on_failure])
+      on_failure=[on_failure, end_trials], on_crashed=[on_failure, end_trials],
+      on_cancellation=[on_failure, end_trials])
 @described
 def pipeline(
     spec: Annotated[str | None, Field(description="Experiment spec YAML (TAO keys); embedded defaults when empty")]

@@ -3,6 +3,7 @@ worker of the trial deployment's pool (automl.trial_deployment); the study flow 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,22 @@ def worker_name() -> str:
     return os.environ.get("PREFECT__WORKER_NAME") or socket.gethostname()
 
 
-@flow(name="oneformer-trial", log_prints=True)
+def trial_ended(flow: Any, flow_run: Any, state: Any) -> None:
+    """Cancellation/crash hook (run by the worker that killed the process): the trial is marked failed in its study
+    instead of staying RUNNING for a study flow that no longer waits."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.trial_runs import cancelled_not_crashed, fail_trial
+
+    try:
+        with get_client(sync_client=True) as client:
+            cancelled_not_crashed(client, flow_run)
+        fail_trial(flow_run.parameters, f"flow run {flow_run.name} was {state.name.lower()}: {state.message or ''}")
+    except Exception:
+        logging.getLogger(__name__).exception("could not mark the trial of flow run %s failed", flow_run.id)
+
+
+@flow(name="oneformer-trial", log_prints=True, on_cancellation=[trial_ended], on_crashed=[trial_ended])
 def trial(
     spec: Annotated[dict[str, Any], Field(description="The study flow's resolved spec (data staged, secrets out)")],
     study: Annotated[str, Field(description="Optuna study name, in the spec's automl.storage")],

@@ -133,3 +133,97 @@ def test_an_action_run_overrides_one_parameter_and_keeps_the_deployments_others(
     c = MlflowClient(f"sqlite:///{results.resolve()}/mlflow.db")
     tracked = c.search_runs([c.get_experiment_by_name("oneformer").experiment_id], "tags.action = 'export'")
     assert [r.info.run_name for r in tracked] == [name]
+
+
+def flow_runs_of(api: str, parent: str | None = None, ids: list[str] | None = None) -> list:
+    """Flow runs on the served API: one by id, or the subflow runs (trials) of a parent."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        which = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent)])) if parent else \
+            FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in ids or []]))
+        return client.read_flow_runs(flow_run_filter=which)
+
+
+def processes_of(flow_run_ids: set[str]) -> list[int]:
+    """Pids of the processes running any of these flow runs (a worker sets PREFECT__FLOW_RUN_ID in their env)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            text = environ.read_bytes().decode(errors="replace")
+            values = dict(v.split("=", 1) for v in text.split("\0") if "=" in v)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if values.get("PREFECT__FLOW_RUN_ID") in flow_run_ids:
+            pids.append(int(environ.parent.name))
+    return pids
+
+
+def until(what: str, check, timeout: float, logs: Path):  # noqa: ANN001, ANN201 - a polled condition
+    """Poll `check` every second until it returns something truthy; fail after `timeout` s naming `what`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := check():
+            return got
+        time.sleep(1)
+    pytest.fail(f"not within {timeout:.0f} s: {what}\n{worker_logs(logs)}")
+
+
+@pytest.mark.parametrize("how", ["cancelled", "killed"])
+def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, small_synth: Path, postgres_url: str,  # noqa: ANN001
+                                                                     how: str) -> None:
+    """`prefect flow-run cancel` of a pipeline (or its process killed) while two trials train on other workers:
+    the trials' flow runs are cancelled, their processes gone, and their Optuna trials failed."""
+    import os
+    import re
+    import signal
+
+    import optuna
+
+    from tasks.automl import with_driver
+
+    env, results, logs, run = served
+    classes = yaml.safe_load(small_synth.read_text())["model"]["sem_seg_head"]["num_classes"]
+    overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 500,  # far longer than the test
+                 "automl.trial_deployment": "oneformer-trial/trial", "automl.n_jobs": 2, "automl.storage": postgres_url,
+                 "automl.study_name": f"abandoned-{how}", "automl.pruner": "none", "automl.sampler": "random"}
+    started = run("deployment", "run", "oneformer-pipeline/on-demand", "--param", "n_trials=4",
+                  "--param", f"overrides={json.dumps(overrides)}", "--param", f"results_dir={results}-{how}")
+    pipeline = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    api = env["PREFECT_API_URL"]
+
+    def running() -> list | None:
+        runs = [r for r in flow_runs_of(api, pipeline) if r.state and r.state.is_running()]
+        return runs if len(runs) >= 2 else None
+
+    trials = until("two trial flow runs running", running, 420, logs)
+    ids = {str(r.id) for r in trials}
+    until("the trials' processes", lambda: len(processes_of(ids)) >= 2, 60, logs)
+
+    if how == "cancelled":
+        run("flow-run", "cancel", pipeline)
+    else:  # the pipeline's process dies (OOM killer, a kill -9): its worker reports it crashed
+        for pid in until("the pipeline's process", lambda: processes_of({pipeline}), 30, logs):
+            os.kill(pid, signal.SIGKILL)
+
+    expected = "CANCELLED" if how == "cancelled" else "CRASHED"
+    until(f"the pipeline {expected}", lambda: flow_runs_of(api, ids=[pipeline])[0].state.type.value == expected, 120,
+          logs)
+    ended = until("every trial flow run cancelled", lambda: (runs := flow_runs_of(api, pipeline)) and all(
+        r.state.is_final() for r in runs) and runs, 180, logs)
+    assert {r.state.type.value for r in ended} == {"CANCELLED"}, [(r.name, r.state) for r in ended]
+    assert until("no trial process left", lambda: not processes_of({str(r.id) for r in ended}), 60, logs)
+
+    storage = with_driver(postgres_url)
+    [summary] = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"abandoned-{how}-")]
+    told = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert told and all(t.state.name == "FAIL" for t in told), [(t.number, t.state) for t in told]
+    assert all("nobody waits" in t.user_attrs["error"] or how in t.user_attrs["error"] for t in told), \
+        [t.user_attrs.get("error") for t in told]
+    assert len(told) == len(ended)  # no trial launched after the pipeline ended
