@@ -228,7 +228,7 @@ def end_trials(flow: Any, flow_run: Any, state: Any) -> None:
     """Study flow cancellation/crash/failure hook: the trial flow runs it launched on workers end too, their Optuna
     trials failed, so no worker goes on training for a run nobody waits for (Prefect's worker runs this hook after
     it killed a cancelled or crashed flow run's process)."""
-    from tasks.trial_runs import abandon_trials
+    from tasks.abandon import abandon_trials
 
     why = f"the study flow run {flow_run.name} ({flow_run.id}) was {state.name.lower()}: nobody waits for this trial"
     try:

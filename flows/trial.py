@@ -28,7 +28,7 @@ def trial_ended(flow: Any, flow_run: Any, state: Any) -> None:
     instead of staying RUNNING for a study flow that no longer waits."""
     from prefect.client.orchestration import get_client
 
-    from tasks.trial_runs import cancelled_not_crashed, fail_trial
+    from tasks.abandon import cancelled_not_crashed, fail_trial
 
     try:
         with get_client(sync_client=True) as client:

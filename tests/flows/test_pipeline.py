@@ -186,6 +186,11 @@ def test_next_run_trains_new_trials_and_the_champion_gate_rescored(first: dict, 
     folders = sorted(p.relative_to(results / "automl").as_posix() for p in (results / "automl").glob("*/trial_*"))
     assert folders == [f"{study.study_name}/trial_{n:03d}" for n in range(3)]
     v2 = second["registered"]
+    if second["checkpoint"] == first["checkpoint"]:  # the new trial did not beat: nothing new is registered
+        assert not v2["new"] and v2["version"] == first["registered"]["version"]
+        assert v2["verdict"].startswith("champion unchanged: v1")
+        return
+    assert v2["new"] and v2["version"] == "2"
     version = c.get_model_version("synthetic", v2["version"])
     assert "candidate" in v2["aliases"] and version.tags["champion_compared"] == "1"
     champion_score = float(version.tags["champion_mIoU_same_test"])  # v1 re-scored on this run's test images

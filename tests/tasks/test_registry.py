@@ -57,7 +57,8 @@ def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | 
                      selection=Selection(checkpoint=checkpoint, mIoU=miou), conversions=conversions,
                      evaluation=Evaluation({"mIoU": miou, "num_images": 4.0}, per_class, str(store["dir"])),
                      params_m=1.0, key_settings={"train.optim.lr": 1e-3}, data_digest="d", train_source="s3://b/train",
-                     spec_digest="s", flow_run_id="f", run_id=store["run"], checkpoint_sha256=f"c{miou}",
+                     spec_digest="s", flow_run_id="f", run_id=store["run"],
+                     checkpoint_sha256=f"c{miou}-{int8_passed}-{champion}",  # each card its own checkpoint
                      run_key=f"run-{miou}-{int8_passed}-{champion}", champion=champion)
 
 

@@ -1,0 +1,63 @@
+"""Ending a study's trial flow runs when the study flow that launched them is cancelled, crashed or failed, and
+failing their Optuna trials: its own module because it needs both the trial runs and the study storage."""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+import optuna
+from optuna.trial import TrialState
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Cancelled, Cancelling
+
+from oneformer.spec import build_spec
+from tasks.automl import rdb_storage
+
+log = logging.getLogger(__name__)
+
+
+def abandon_trials(flow_run_id: UUID, why: str) -> list[str]:
+    """Cancel the trial flow runs a study flow launched that have not ended (their workers kill them) and mark their
+    Optuna trials failed: once the study flow is cancelled or crashed, nobody waits for them. Returns their names."""
+    ended = []
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        for run in children:
+            if {"study", "trial_id", "spec"} - set(run.parameters) or (run.state and run.state.is_final()):
+                continue  # not a trial, or over already
+            # a run no worker has taken yet is simply cancelled; a running one is killed by its worker
+            client.set_flow_run_state(run.id, Cancelling(message=why) if run.start_time else Cancelled(message=why),
+                                      force=True)
+            ended.append(run.name)
+            try:
+                fail_trial(run.parameters, why)
+            except Exception:
+                log.exception("could not mark the trial of flow run %s failed", run.name)
+    return ended
+
+
+def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> None:
+    """A trial flow run whose cancellation was asked for ends Cancelled: its worker stops it with SIGTERM, which the
+    run's own engine reports as Crashed first."""
+    now = client.read_flow_run(flow_run.id).state
+    asked = [s for s in client.read_flow_run_states(flow_run.id) if s.type.value == "CANCELLING"]
+    if asked and now is not None and (now.is_crashed() or not now.is_final()):
+        client.set_flow_run_state(flow_run.id, Cancelled(message=asked[-1].message), force=True)
+
+
+def fail_trial(parameters: dict, why: str) -> bool:
+    """Mark the Optuna trial of a trial flow run's parameters failed with `why`, if it is still running (a trial
+    that told the study its result keeps it). True when this call failed it."""
+    storage = rdb_storage(build_spec(parameters["spec"], f"spec of trial {parameters.get('number')}"))
+    trial_id = int(parameters["trial_id"])
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(trial_id, "error", why[:1000])
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # it ended meanwhile (told its result, or its own hook)
+        return False
