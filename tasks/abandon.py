@@ -4,6 +4,7 @@ failing their Optuna trials: its own module because it needs both the trial runs
 from __future__ import annotations
 
 import logging
+import time
 from uuid import UUID
 
 import optuna
@@ -17,6 +18,7 @@ from oneformer.spec import build_spec
 from tasks.automl import rdb_storage
 
 log = logging.getLogger(__name__)
+SETTLE_S = 90.0  # how long the hook waits for cancelled trial runs' workers to kill them
 
 
 def abandon_trials(flow_run_id: UUID, why: str) -> list[str]:
@@ -37,7 +39,22 @@ def abandon_trials(flow_run_id: UUID, why: str) -> list[str]:
                 fail_trial(run.parameters, why)
             except Exception:
                 log.exception("could not mark the trial of flow run %s failed", run.name)
+        settle(client, [r.id for r in children if r.name in ended])
     return ended
+
+
+def settle(client: SyncPrefectClient, flow_run_ids: list[UUID], timeout: float = SETTLE_S) -> None:
+    """Wait (up to `timeout` s) for cancelled trial runs to end, so a run its engine reported Crashed on the
+    worker's SIGTERM, after any hook had looked, still ends Cancelled."""
+    deadline = time.monotonic() + timeout
+    waiting = list(flow_run_ids)
+    while waiting and time.monotonic() < deadline:
+        for run_id in list(waiting):
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                cancelled_not_crashed(client, run)
+                waiting.remove(run_id)
+        time.sleep(1)
 
 
 def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> None:
@@ -45,7 +62,7 @@ def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> None:
     run's own engine reports as Crashed first."""
     now = client.read_flow_run(flow_run.id).state
     asked = [s for s in client.read_flow_run_states(flow_run.id) if s.type.value == "CANCELLING"]
-    if asked and now is not None and (now.is_crashed() or not now.is_final()):
+    if asked and now is not None and now.is_crashed():
         client.set_flow_run_state(flow_run.id, Cancelled(message=asked[-1].message), force=True)
 
 
