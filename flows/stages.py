@@ -248,7 +248,7 @@ def register_version(r: TrackedRun, model_card: ModelCard, conversions: tuple[Co
         create_link_artifact(link, link_text=f"{registration.name} v{registration.version} (already registered)",
                              key="registered-model-version", description=registration.verdict)
         r.set_tags({"registered_version": registration.version, "promoted": "False", "registry": "unchanged",
-                    "mlflow.note.content": f"{registration.verdict.split(' (', 1)[0]}: [{registration.name} "
+                    "mlflow.note.content": f"{registration.headline}: [{registration.name} "
                                            f"v{registration.version}]({link}). {registration.verdict}"})
     return registration
 
@@ -269,7 +269,7 @@ def summary(r: TrackedRun, selected: Selection, evaluation: Evaluation | None, c
         lines += ["", f"Registered **{registration.name} v{registration.version}** (aliases: "
                       f"{', '.join(registration.aliases)}): {registration.verdict}"]
     elif registration:
-        lines += ["", f"**{registration.verdict.split(' (', 1)[0]}**: this run's checkpoint is "
+        lines += ["", f"**{registration.headline}**: this run's checkpoint is "
                       f"**{registration.name} v{registration.version}** (`{registration.model_uri}`) already "
                       f"(aliases: {', '.join(registration.aliases) or 'none'}); {registration.verdict}"]
     lines += ["", f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"]

@@ -54,7 +54,8 @@ def settle(client: SyncPrefectClient, flow_run_ids: list[UUID], timeout: float =
             if run.state is not None and run.state.is_final():
                 cancelled_not_crashed(client, run)
                 waiting.remove(run_id)
-        time.sleep(1)
+        if waiting:
+            time.sleep(1)
 
 
 def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> None:

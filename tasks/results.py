@@ -106,6 +106,11 @@ class Registration:
     verdict: str = ""
     new: bool = True  # False: an earlier run registered this checkpoint already; nothing new was registered
 
+    @property
+    def headline(self) -> str:
+        """`champion unchanged: vN` for a run that registered nothing new (the summary's and the note's first words)."""
+        return f"champion unchanged: {f'v{self.champion}' if self.champion else 'none'}"
+
 
 @dataclass(frozen=True)
 class Lineage:
