@@ -49,7 +49,8 @@ def test_a_measurement_records_every_backend_and_is_reused(onnx_file: Path, smal
         assert row["passed"] == (row["parity"]["agreement"] >= row["min_agreement"])
     assert report["backends"]["openvino-fp32"]["passed"]  # the same fp32 arithmetic: the same labels
     assert report["images"] == [str(p) for p in images[:2]]
-    assert report["chosen"] == min(report["backends"], key=lambda n: report["backends"][n]["ms"])
+    passing = {n: r["ms"] for n, r in report["backends"].items() if r["passed"]}
+    assert report["chosen"] in passing and passing[report["chosen"]] == min(passing.values())  # ties: either
 
     monkeypatch.setattr(choice, "measure", lambda *a, **k: pytest.fail("measured again though the sidecar holds"))
     assert choose(onnx_file) == Candidate.parse(report["chosen"])
