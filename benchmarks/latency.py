@@ -1,12 +1,15 @@
 """Throughput and latency of one network on every CPU backend, side by side in one process (JSON out).
 
 Backends: PyTorch eager, ONNX Runtime FP32 and INT8, OpenVINO FP32, BF16 and INT8 (INT8: our QDQ file), at
-batch 1, 4 and 8, interleaved round by round on the same prepared images. The network is a real-size --arch
-(OneFormer: the swin_tiny preset; Mask2Former: the same Swin-T with TAO's Mask2Former head, 100 queries;
-SegFormer: MiT-B2), or with `--model smoke` the network's CPU smoke preset, exported and quantized by the
-product's own export/quantize code. Weights are random unless --checkpoint names a trained one or
---train-epochs trains the network briefly on synthetic data first: only then is the INT8 quality side (the
-quantize action's validation mIoU drop) meaningful, since random weights predict nearly one label everywhere.
+batch 1, 4 and 8. Batch 1 (up to --resident-up-to) runs interleaved round by round on the same prepared images
+with every backend open; larger batches one backend at a time, each opened and closed in turn: six 640 px Swin-T
+backends held together at batch 4 took 21 of this machine's 24 GiB, slowing every one of them, and at batch 8
+they did not fit at all. The network is a real-size --arch (OneFormer: the swin_tiny preset; Mask2Former: the same
+Swin-T with TAO's Mask2Former head, 100 queries; SegFormer: MiT-B2), or with `--model smoke` the network's CPU
+smoke preset, exported and quantized by the product's own export/quantize code. Weights are random unless
+--checkpoint names a trained one or --train-epochs trains the network briefly on synthetic data first: only then
+is the INT8 quality side (the quantize action's validation mIoU drop) meaningful, since random weights predict
+nearly one label everywhere.
 
 Goals: ORT FP32 >= 1.8x eager; INT8 >= 2.0x ORT FP32 at batch 1 with validation mIoU drop <= 0.01. Where the
 INT8 goal is missed, `int8_ceiling` gives the reason in figures from ONNX Runtime's per-op profile: the float
@@ -18,6 +21,7 @@ reason instead of figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -42,7 +46,7 @@ from oneformer.runtime.onnx import OnnxPredictor
 from oneformer.runtime.predictor import Outputs, prepare
 from oneformer.runtime.timing import median_ms
 from oneformer.runtime.torch import TorchPredictor
-from oneformer.spec import build_spec
+from oneformer.spec import apply_overrides, build_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from op_profile import cpu_flags, int8_ceiling, int8_coverage, op_profile  # benchmarks/ is not a package
@@ -85,7 +89,13 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-epochs", type=int, default=0, help="train this many epochs on synthetic data first")
     ap.add_argument("--train-size", type=int, default=128, help="synthetic image size for --train-epochs")
     ap.add_argument("--calibration", type=int, default=16)
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="spec overrides, as the CLI takes them (e.g. train.optim.lr=0.0005 for --train-epochs)")
     ap.add_argument("--backends", default=",".join(["eager", *ONNX_BACKENDS]), help="comma-separated subset")
+    ap.add_argument("--resident-up-to", type=int, default=1,
+                    help="batches up to this size run interleaved with every backend open; larger ones one backend "
+                         "at a time, each opened and closed in turn (six 640 px Swin-T backends together at batch 4 "
+                         "or 8 exhaust 24 GiB)")
     ap.add_argument("--profile", action="store_true", help="ORT's per-op time of FP32 and INT8 and the INT8 ceiling")
     ap.add_argument("--out", help="also write the JSON here")
     return ap.parse_args(argv)
@@ -104,7 +114,7 @@ def build(args: argparse.Namespace, tmp: Path) -> tuple:
              "evaluate": {"max_images": 8}}
     if args.train_epochs:
         data.setdefault("train", {})["num_epochs"] = args.train_epochs
-    spec = build_spec(data)
+    spec = build_spec(apply_overrides(data, args.overrides))
     if args.checkpoint:
         return spec, Path(args.checkpoint), str(args.checkpoint)
     if args.train_epochs:
@@ -144,15 +154,45 @@ def open_backends(names: list[str], checkpoint: Path, files: dict[str, Path], th
     return calls, skipped
 
 
+def stack(pixels: list[torch.Tensor], b: int) -> list[torch.Tensor]:
+    """Batches of b prepared images, one starting at each image."""
+    return [torch.cat([pixels[(i + j) % len(pixels)] for j in range(b)]) for i in range(len(pixels))]
+
+
+def rounds_at(b: int, runs: int) -> int:
+    """Timed rounds at batch b: fewer at larger batches, never under two."""
+    return max(2, runs if b == 1 else runs // 2)
+
+
+def row(ms: float, b: int) -> dict[str, float]:
+    """One backend's figures at one batch size."""
+    return {"ms": ms, "images_per_s": round(1000 * b / ms, 3)}
+
+
 def throughput(calls: dict[str, Callable], pixels: list[torch.Tensor], batches: list[int], runs: int) -> dict:
     """Median ms per batch and images/s of every backend at each batch size, interleaved round by round."""
     out: dict[str, dict] = {}
     for b in batches:
-        stacked = [torch.cat([pixels[(i + j) % len(pixels)] for j in range(b)]) for i in range(len(pixels))]
-        rounds = max(2, runs if b == 1 else runs // 2)
-        print(f"latency: batch {b}, {rounds} rounds of {', '.join(calls)}", file=sys.stderr, flush=True)
-        ms = median_ms(calls, stacked, rounds)
-        out[str(b)] = {name: {"ms": v, "images_per_s": round(1000 * b / v, 3)} for name, v in ms.items()}
+        print(f"latency: batch {b}, {rounds_at(b, runs)} rounds of {', '.join(calls)}", file=sys.stderr, flush=True)
+        ms = median_ms(calls, stack(pixels, b), rounds_at(b, runs))
+        out[str(b)] = {name: row(v, b) for name, v in ms.items()}
+    return out
+
+
+def one_at_a_time(opener: Callable[[str], Callable | None], names: list[str], pixels: list[torch.Tensor],
+                  batches: list[int], runs: int) -> dict:
+    """The same figures as `throughput` for batches too large to hold every backend at once: each backend is opened,
+    measured at every such batch and dropped before the next opens (not interleaved, so drift is not shared)."""
+    out: dict[str, dict] = {str(b): {} for b in batches}
+    for name in names:
+        call = opener(name)
+        if call is None:
+            continue
+        for b in batches:
+            print(f"latency: batch {b}, {rounds_at(b, runs)} rounds of {name} alone", file=sys.stderr, flush=True)
+            out[str(b)][name] = row(median_ms({name: call}, stack(pixels, b), rounds_at(b, runs))[name], b)
+        del call
+        gc.collect()  # the session's arena and the compiled model go before the next backend allocates its own
     return out
 
 
@@ -184,7 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
     pixels = [prepare(read_image(p), (args.size, args.size), info.mean, info.std).pixels for p in pics]
     parity = {name: compare(calls[ref], calls[name], pics, info)
               for name, ref in REFERENCE.items() if name in calls and ref in calls}
-    table = throughput(calls, pixels, [int(b) for b in args.batches.split(",")], args.runs)
+    batches = [int(b) for b in args.batches.split(",")]
+    table = throughput(calls, pixels, [b for b in batches if b <= args.resident_up_to], args.runs)
+    alone = [b for b in batches if b > args.resident_up_to]
+    if alone:
+        names = list(calls)
+        calls.clear()
+        gc.collect()
+        table |= one_at_a_time(lambda n: open_backends([n], checkpoint, files, args.threads)[0].get(n), names,
+                               pixels, alone, args.runs)
     fastest_int8 = min((n for n in ("ort_int8", "openvino_int8") if n in table["1"]),
                        key=lambda n: table["1"][n]["ms"], default=None)
     int8_speedup = ratio(table, "1", "ort_fp32", fastest_int8) if fastest_int8 else None
@@ -194,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.arch} smoke preset", "weights": weights, "input": [3, args.size, args.size],
         "params_m": round(sum(p.numel() for p in TorchPredictor(checkpoint, device="cpu").net.parameters()) / 1e6, 1),
         "threads": args.threads, "cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
-        "throughput": table, "skipped": skipped,
+        "throughput": table, "skipped": skipped, "one_backend_at_a_time": [str(b) for b in alone],
         "speedup_batch1": {name: ratio(table, "1", "ort_fp32", name) for name in table["1"]},
         "parity": {name: {"vs": REFERENCE[name], "agreement": round(p["agreement"], 4),
                           "max_abs_diff": p["max_abs_diff"]} for name, p in parity.items()},

@@ -133,6 +133,7 @@ class TrackedRun:
 
 RUN_RECORD = "pipeline_run.json"  # the last run in a results folder: its key and how it ended (for resume)
 ACTIVE: dict[str, TrackedRun] = {}  # flow run id -> its tracked run, for the failure hooks
+SEEN: set[str] = set()  # flow runs that entered tracked_run in this process (the others' hooks run elsewhere)
 
 
 def run_key(results: Path, resume: bool, flow_run_id: str) -> str:
@@ -161,6 +162,7 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
     """Stage `stage`'s data, check it, write the resolved spec, open an MLflow run (closed FINISHED, or FAILED on
     error), all while holding the results folder against other runs."""
     logger = get_run_logger()
+    SEEN.add(str(runtime.flow_run.id or "local"))
     refuse_secrets(inputs.model_dump(mode="json"))  # before anything is written or logged
     base = spec_from(inputs)
     s3_options(inputs.s3_secret_block)  # a missing or malformed block fails here, once, not in every retry
@@ -206,20 +208,54 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
         ACTIVE.pop(flow_run_id, None)
 
 
+def orphaned_run(flow_run: Any) -> TrackedRun | None:
+    """The MLflow run of a flow run whose process is gone (killed, or cancelled by its worker, which then runs the
+    hooks in its own process): found again from the flow run's parameters and its `prefect.flow_run_id` tag."""
+    params = flow_run.parameters or {}
+    inputs = ActionInputs(**{k: params[k] for k in ActionInputs.model_fields if params.get(k) is not None})
+    spec = spec_from(inputs)
+    results = Path(spec.results_dir).resolve()
+    if not results.is_dir():  # it ended before it wrote anything
+        return None
+    uri = tracking.tracking_uri(inputs.tracking_config.tracking_uri, results)
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(inputs.tracking_config.experiment)
+    if exp is None:
+        return None
+    found = c.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run.id}'", max_results=1)
+    if not found:
+        return None
+    run = found[0]
+    return TrackedRun(spec, inputs, results, uri, c, exp.experiment_id, run.info.run_id, str(flow_run.id),
+                      run.data.tags.get("run_key", ""))
+
+
 def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow failure/crash hook: the MLflow run is marked FAILED and the failure goes into the run's summary."""
+    """Flow failure/crash/cancellation hook: the MLflow run is marked FAILED (KILLED when cancelled), the failure goes
+    into the run's summary, and a pipeline's run record says how it ended (so `resume` continues it)."""
     r = ACTIVE.pop(str(flow_run.id), None)
+    if r is None and str(flow_run.id) not in SEEN:  # run by a worker for a process that is gone
+        try:
+            r = orphaned_run(flow_run)
+        except Exception as exc:  # noqa: BLE001 - a spec or store the worker cannot reach: the flow run's state stands
+            logging.getLogger(__name__).warning("could not find the MLflow run of flow run %s to mark it ended: %s",
+                                                flow_run.id, redact_text(str(exc)))
     if r is None:  # it failed before its MLflow run opened: nothing to record there
         return
     message = redact_text(state.message or state.name)
     try:
         if r.client.get_run(r.run).info.status == "RUNNING":
-            r.client.set_terminated(r.run, "FAILED")
+            r.client.set_terminated(r.run, "KILLED" if state.is_cancelled() else "FAILED")
+        record = r.results / RUN_RECORD
+        if record.is_file() and (was := json.loads(record.read_text())).get("flow_run_id") == str(flow_run.id) \
+                and was.get("state") == "RUNNING":
+            write_json(record, {**was, "state": state.type.value, "error": message[:2000]})
         text = "\n".join([f"# {flow.name}: {state.name}", "", f"**Error:** {message}", "",
                           f"MLflow run: {r.url} (tracking URI `{tracking.shown(r.uri)}`)"])
         r.log_files([write_text(r.results / "summary.md", text)], "")
         r.set_tags({"failure": message[:5000]})
-        create_markdown_artifact(markdown=text, key=f"{flow.name}-summary", description=f"{flow.name} failed")
+        if str(flow_run.id) in SEEN:  # a worker's hook runs outside any flow run: an artifact would belong to none
+            create_markdown_artifact(markdown=text, key=f"{flow.name}-summary", description=f"{flow.name} failed")
     except Exception:
         logging.getLogger(__name__).exception("could not record the failure of flow run %s", flow_run.id)
 

@@ -28,12 +28,13 @@ def trial_ended(flow: Any, flow_run: Any, state: Any) -> None:
     instead of staying RUNNING for a study flow that no longer waits."""
     from prefect.client.orchestration import get_client
 
-    from tasks.abandon import cancelled_not_crashed, fail_trial
+    from tasks.abandon import cancelled_not_crashed, end_trial_run, fail_trial
 
     try:
         with get_client(sync_client=True) as client:
-            cancelled_not_crashed(client, flow_run)
+            cancelled = cancelled_not_crashed(client, flow_run)
         fail_trial(flow_run.parameters, f"flow run {flow_run.name} was {state.name.lower()}: {state.message or ''}")
+        end_trial_run(flow_run.parameters, "KILLED" if cancelled or state.is_cancelled() else "FAILED")
     except Exception:
         logging.getLogger(__name__).exception("could not mark the trial of flow run %s failed", flow_run.id)
 

@@ -15,6 +15,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Cancelling
 
 from oneformer.spec import build_spec
+from tasks import tracking
 from tasks.automl import rdb_storage
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,14 @@ def settle(client: SyncPrefectClient, flow_run_ids: list[UUID], timeout: float =
             time.sleep(1)
 
 
-def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> None:
+def cancelled_not_crashed(client: SyncPrefectClient, flow_run: FlowRun) -> bool:
     """A trial flow run whose cancellation was asked for ends Cancelled: its worker stops it with SIGTERM, which the
-    run's own engine reports as Crashed first."""
+    run's own engine reports as Crashed first. True when a cancellation was asked for."""
     now = client.read_flow_run(flow_run.id).state
     asked = [s for s in client.read_flow_run_states(flow_run.id) if s.type.value == "CANCELLING"]
     if asked and now is not None and now.is_crashed():
         client.set_flow_run_state(flow_run.id, Cancelled(message=asked[-1].message), force=True)
+    return bool(asked)
 
 
 def fail_trial(parameters: dict, why: str) -> bool:
@@ -79,3 +81,17 @@ def fail_trial(parameters: dict, why: str) -> bool:
         return storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:  # it ended meanwhile (told its result, or its own hook)
         return False
+
+
+def end_trial_run(parameters: dict, status: str) -> str | None:
+    """End a trial flow run's MLflow run (nested under the study's) with `status` if it is still RUNNING, so the
+    MLflow UI does not show a killed trial as running for ever; its id when this call ended it."""
+    storage = rdb_storage(build_spec(parameters["spec"], f"spec of trial {parameters.get('number')}"))
+    run = storage.get_trial(int(parameters["trial_id"])).user_attrs.get("mlflow_run_id")
+    if not run:  # killed before its MLflow run opened
+        return None
+    c = tracking.client(parameters["tracking_uri"])
+    if c.get_run(run).info.status != "RUNNING":
+        return None
+    c.set_terminated(run, status)
+    return str(run)

@@ -41,13 +41,14 @@ def test_the_benchmark_measures_every_backend_or_says_why_not(tmp_path: Path) ->
     latency = load("latency")
     out = tmp_path / "latency.json"
     result = latency.main(["--model", "smoke", "--size", "64", "--batches", "1,2", "--runs", "2", "--calibration",
-                           "2", "--profile", "--out", str(out)])
+                           "2", "--profile", "--resident-up-to", "1", "--out", str(out)])
     assert out.is_file()
     names = {"eager", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_bf16", "openvino_int8"}
     for batch in ("1", "2"):
         measured = set(result["throughput"][batch])
         assert measured | set(result["skipped"]) == names and not measured & set(result["skipped"])
         assert all(row["images_per_s"] > 0 for row in result["throughput"][batch].values())
+    assert result["one_backend_at_a_time"] == ["2"]  # batch 2 opened each backend alone, and measured them all
     assert {"eager", "ort_fp32", "ort_int8"} <= set(result["throughput"]["1"])
     if "openvino_bf16" in result["skipped"]:  # a CPU without BF16 says which feature it lacks
         assert "bf16" in result["skipped"]["openvino_bf16"].lower()

@@ -16,17 +16,20 @@ pytestmark = pytest.mark.slow
 
 def test_the_comparison_runs_again_in_its_own_folder(tmp_path: Path) -> None:
     env = {**os.environ, "ONEFORMER_CACHE": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect")}
-    command = [sys.executable, "-m", "flows.compare", "--out", ".", "--arch", "oneformer", "--arch", "segformer",
-               "--trials", "1", "--runs", "2", "train.num_epochs=1"]
-    for night in (1, 2):  # from the output folder, as the Makefile runs it: its folders must not shadow packages
-        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "flows.compare", "--out", ".", "--trials", "1", "--runs", "2",
+               "train.num_epochs=1"]
+    # from the output folder, as the Makefile runs it: its folders must not shadow packages; night 2 runs one
+    # network (each network's own second night is the pipeline's, covered in test_nights)
+    for night, archs in ((1, ["oneformer", "segformer"]), (2, ["segformer"])):
+        args = [a for arch in archs for a in ("--arch", arch)]
+        done = subprocess.run(command + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         rows = json.loads((tmp_path / "comparison.json").read_text())
-        assert set(rows) == {"oneformer", "segformer"}
-        assert "PQ" in rows["oneformer"]["metrics"] and "PQ" not in rows["segformer"]["metrics"]
-        assert all(r["latency_ms"]["ort_int8"] > 0 and r["int8_mb"] < r["onnx_mb"] for r in rows.values())
+        assert set(rows) == set(archs)
         if night == 1:
+            assert "PQ" in rows["oneformer"]["metrics"] and "PQ" not in rows["segformer"]["metrics"]
             first = rows["segformer"]["checkpoint"]
+        assert all(r["latency_ms"]["ort_int8"] > 0 and r["int8_mb"] < r["onnx_mb"] for r in rows.values())
         # a new best checkpoint is a new version; a night whose best is night 1's registers nothing new
         version = 1 if night == 1 or rows["segformer"]["checkpoint"] == first else 2
         assert rows["segformer"]["registered"] == f"models:/segformer/{version}"

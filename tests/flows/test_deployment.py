@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 WORKERS = ["w1", "w2", "w3"]
+TRIALS = 4  # two rounds on the two free workers: each takes more than one
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
                  "automl.trial_deployment": "oneformer-trial/trial", "automl.n_jobs": 2, "automl.storage": postgres_url,
                  "automl.study_name": "spread", "automl.pruner": "none", "automl.sampler": "random"}
     done = subprocess.run(
-        [PREFECT, "deployment", "run", "oneformer-pipeline/on-demand", "--param", "n_trials=6",
+        [PREFECT, "deployment", "run", "oneformer-pipeline/on-demand", "--param", f"n_trials={TRIALS}",
          "--param", f"overrides={json.dumps(overrides)}", "--param", "model_name=deployed",
          "--param", 'stages={"inference": false}', "--watch", "--watch-timeout", "600"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=700)
@@ -76,8 +77,8 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
     storage = with_driver(postgres_url)
     [summary] = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith("spread-")]
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
-    assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(6)], trials
-    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6  # six different trials
+    assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(TRIALS)], trials
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == TRIALS  # all different trials
     ran_on = [t.user_attrs["worker"] for t in trials]
     assert len(set(ran_on)) == 2 and set(ran_on) < set(WORKERS), ran_on  # both free workers; the third ran the pipeline
     for t in trials:
@@ -85,7 +86,7 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
 
     flow_runs = json.loads(run("flow-run", "ls", "--flow-name", "oneformer-trial", "--limit", "50", "--output",
                                "json").stdout)
-    assert len(flow_runs) == 6 and {r["state_type"] for r in flow_runs} == {"COMPLETED"}  # each trial ran once
+    assert len(flow_runs) == TRIALS and {r["state_type"] for r in flow_runs} == {"COMPLETED"}  # each trial ran once
     assert {r["id"] for r in flow_runs} == {t.user_attrs["prefect_flow_run"] for t in trials}
     assert sorted(r["parameters"]["trial_id"] for r in flow_runs) == sorted(t._trial_id for t in trials)
 
@@ -98,7 +99,7 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
     parent = c.get_run(version.run_id).info.run_id
     nested = c.search_runs([c.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(r.data.tags.get("optuna.trial") for r in nested if "optuna.trial" in r.data.tags) == \
-        [str(n) for n in range(6)]  # every trial's MLflow run, nested under the pipeline's
+        [str(n) for n in range(TRIALS)]  # every trial's MLflow run, nested under the pipeline's
     assert (results / "export" / "model.onnx").is_file() and (results / "quantize" / "model.int8.onnx").is_file()
     assert not (results / "inference").exists()  # the stages parameter reached the run
 
@@ -227,3 +228,17 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
     assert all("nobody waits" in t.user_attrs["error"] or how in t.user_attrs["error"] for t in told), \
         [t.user_attrs.get("error") for t in told]
     assert len(told) == len(ended)  # no trial launched after the pipeline ended
+
+    from mlflow.tracking import MlflowClient  # the MLflow UI shows nothing of this run as running any more
+
+    c = MlflowClient(f"sqlite:///{Path(f'{results}-{how}').resolve()}/mlflow.db")
+    exp = c.get_experiment_by_name("oneformer").experiment_id
+    until("no MLflow run left RUNNING (the workers' hooks end them)",  # they run after the processes are gone
+          lambda: not c.search_runs([exp], "attributes.status = 'RUNNING'"), 60, logs)
+    runs = c.search_runs([exp])
+    [parent] = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == pipeline]
+    trial_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert trial_runs and {r.info.status for r in runs} <= {"FAILED", "KILLED"}, \
+        [(r.info.run_name, r.info.status) for r in runs]
+    record = json.loads(Path(f"{results}-{how}/pipeline_run.json").read_text())
+    assert record["state"] != "RUNNING" and record["mlflow_run"] == parent.info.run_id  # `resume` continues it

@@ -99,6 +99,7 @@ def test_a_stalled_read_times_out_and_is_retried(bucket_object: dict, monkeypatc
 def test_a_server_that_always_stalls_fails_clearly_in_bounded_time(bucket_object: dict,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ONEFORMER_S3_READ_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's own retries inside each of s3fs's: 2, not 5, here
     schedule = Schedule([], path_contains="images.tar.gz", rest="stall", stall_s=30)
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=r"dataset.train.images: reading s3://data/faults/images.tar.gz failed "
