@@ -234,7 +234,7 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow failure/crash/cancellation hook: the MLflow run is marked FAILED (KILLED when cancelled), the failure goes
     into the run's summary, and a pipeline's run record says how it ended (so `resume` continues it)."""
     r = ACTIVE.pop(str(flow_run.id), None)
-    if r is None and str(flow_run.id) not in SEEN:  # run by a worker for a process that is gone
+    if r is None and not state.is_failed() and str(flow_run.id) not in SEEN:  # a worker's, for a process gone
         try:
             r = orphaned_run(flow_run)
         except Exception as exc:  # noqa: BLE001 - a spec or store the worker cannot reach: the flow run's state stands
