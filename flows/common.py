@@ -179,6 +179,11 @@ def tracked_run(name: str, inputs: ActionInputs, stage: str, spec_file: str,
         exp = tracking.experiment_id(c, inputs.tracking_config.experiment, tracking.artifact_root(uri, results))
         flow_run_id = str(runtime.flow_run.id or "local")
         key = run_key(results, resume, flow_run_id)
+        if key != flow_run_id and (dead := json.loads((results / RUN_RECORD).read_text()).get("mlflow_run")):
+            try:  # the resumed attempt's run, left RUNNING by a killed process
+                tracking.end_if_running(c, dead, "FAILED")
+            except Exception as exc:  # noqa: BLE001 - in another store (the tracking URI changed): it stays as it is
+                logger.warning("could not end the resumed attempt's MLflow run %s: %s", dead, exc)
         link = {"prefect.flow_run_url": url} if (url := flow_run_url(flow_run_id)) else {}
         run_name = runtime.flow_run.name or "local"
         run = tracking.start_run(c, exp, run_name if run_name.startswith(f"{name}-") else f"{name}-{run_name}",
@@ -244,8 +249,7 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         return
     message = redact_text(state.message or state.name)
     try:
-        if r.client.get_run(r.run).info.status == "RUNNING":
-            r.client.set_terminated(r.run, "KILLED" if state.is_cancelled() else "FAILED")
+        tracking.end_if_running(r.client, r.run, "KILLED" if state.is_cancelled() else "FAILED")
         record = r.results / RUN_RECORD
         if record.is_file() and (was := json.loads(record.read_text())).get("flow_run_id") == str(flow_run.id) \
                 and was.get("state") == "RUNNING":

@@ -90,8 +90,4 @@ def end_trial_run(parameters: dict, status: str) -> str | None:
     run = storage.get_trial(int(parameters["trial_id"])).user_attrs.get("mlflow_run_id")
     if not run:  # killed before its MLflow run opened
         return None
-    c = tracking.client(parameters["tracking_uri"])
-    if c.get_run(run).info.status != "RUNNING":
-        return None
-    c.set_terminated(run, status)
-    return str(run)
+    return str(run) if tracking.end_if_running(tracking.client(parameters["tracking_uri"]), run, status) else None

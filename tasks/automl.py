@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -153,6 +154,23 @@ def retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage, 
     return out
 
 
+def carry_history(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial,
+                  c: MlflowClient | None = None) -> None:
+    """The retry of an interrupted trial takes over its learning curve and the pruner's rungs it reached: without
+    them the pruner judged the retry's first epoch after the checkpoint as if it were a new trial's first rung, and
+    pruned the night's only trial (the run then failed with no completed trial). The killed trial's MLflow run,
+    left RUNNING by its dead process, is ended FAILED."""
+    number = int(trial.user_attrs["retry_of"])
+    original = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if c is not None and (dead := original.user_attrs.get("mlflow_run_id")):
+        tracking.end_if_running(c, dead, "FAILED")
+    for step, value in sorted(original.intermediate_values.items()):
+        trial.report(value, step)
+    for key, value in original.system_attrs.items():
+        if key.startswith("completed_rung_"):  # successive halving's (and Hyperband's) record of a trial's rungs
+            storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
 def study_key(data_digest: str, spec_digest: str) -> str:
     """The part of a study's name that ties it to one dataset and one training spec."""
     return f"d{data_digest[:8]}-s{spec_digest[:8]}"
@@ -188,6 +206,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
     folder = Path(spec.results_dir).resolve() / "automl" / study.study_name / f"trial_{number:03d}"
     if resume_from := trial.user_attrs.get("resume_from"):  # the retry of an interrupted trial goes on in its folder
         folder = Path(resume_from)
+        carry_history(study, storage, trial, tracking.client(tracking_uri))
         logger.info("trial %d retries trial %s from its latest checkpoint in %s", number,
                     trial.user_attrs.get("retry_of"), folder)
     c = tracking.client(tracking_uri)

@@ -56,6 +56,14 @@ def start_run(c: MlflowClient, exp: str, name: str, parent: str | None = None,
     return c.create_run(exp, run_name=name, tags=all_tags).info.run_id
 
 
+def end_if_running(c: MlflowClient, run: str, status: str) -> bool:
+    """End a run a dead process left RUNNING (a killed pipeline's or trial's); True when this call ended it."""
+    if c.get_run(run).info.status != "RUNNING":
+        return False
+    c.set_terminated(run, status)
+    return True
+
+
 @contextmanager
 def child_run(c: MlflowClient, exp: str, name: str, parent: str) -> Iterator[str]:
     """A run nested under `parent`, closed FINISHED when the block ends, or FAILED if it raises."""

@@ -69,3 +69,10 @@ def test_a_pipeline_killed_mid_study_resumes_its_trial(tmp_path: Path) -> None:
     assert [s["epoch"] for s in status if s["message"] == "Train epoch finished"] == [0, 1, 2, 3]  # each once
     assert result["checkpoint"].startswith(killed.user_attrs["results_dir"])
     assert result["registered"]["version"] == "1"
+    assert retry.intermediate_values.items() >= killed.intermediate_values.items()  # its curve carried over
+
+    from mlflow.tracking import MlflowClient  # the killed attempt's runs do not stay RUNNING in the MLflow UI
+
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("oneformer").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert MlflowClient(uri).get_run(killed.user_attrs["mlflow_run_id"]).info.status == "FAILED"

@@ -195,3 +195,35 @@ def test_a_new_trial_starts_as_soon_as_one_ends(prefect_api, small_synth: Path, 
     timed = {t.number: t for t in open_study(spec, study_name(spec, "k"), rdb_storage(spec)).trials}
     assert timed[1].datetime_complete <= timed[2].datetime_start < timed[0].datetime_complete
     assert "ended without a result" not in caplog.text and "trial 2 COMPLETE" in caplog.text  # no false alarm
+
+
+def test_the_retry_of_an_interrupted_trial_is_judged_on_its_whole_learning_curve(tmp_path: Path) -> None:
+    import optuna
+
+    from tasks.automl import carry_history, retry_interrupted
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    sha = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
+    study = optuna.create_study(study_name="retry", storage=storage, direction="maximize", pruner=sha)
+    weaker = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    weaker.set_user_attr("run_key", "earlier night")
+    for step, value in enumerate([0.02, 0.05]):
+        weaker.report(value, step)
+        weaker.should_prune()
+    study.tell(weaker, 0.05)
+    killed = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    killed.set_user_attr("run_key", "k")
+    for step, value in enumerate([0.06, 0.10, 0.11, 0.12, 0.116]):  # epochs 0-4, then the process was killed
+        killed.report(value, step)
+        assert not killed.should_prune()
+
+    assert retry_interrupted(study, storage, "k") == [1]
+    retry = study.ask()
+    carry_history(study, storage, retry)
+    assert study.trials[retry.number].intermediate_values == {0: 0.06, 1: 0.1, 2: 0.11, 3: 0.12, 4: 0.116}
+    retry.report(0.033, 5)  # a dip in its first epoch after the checkpoint
+    assert not retry.should_prune()  # judged where the killed trial stood (rung 1 of 4 epochs), not as a new trial
+
+    fresh = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    fresh.report(0.033, 5)
+    assert fresh.should_prune()  # the same figure with no history is pruned: what the retry was before
