@@ -114,15 +114,19 @@ def test_check_validates_the_networks_layout(chain: dict, capsys: pytest.Capture
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "epochs", "bar"), [("mask2former", 24, 0.5), ("segformer", 16, 0.6)])
-def test_each_network_learns_on_heldout_data(arch: str, epochs: int, bar: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "train_images", "epochs", "bar", "gain"),
+                         [("mask2former", 32, 16, 0.5, 0.3), ("segformer", 16, 12, 0.8, 0.1)])
+def test_each_network_learns_on_heldout_data(arch: str, train_images: int, epochs: int, bar: float, gain: float,
+                                             tmp_path: Path) -> None:
+    """At 96 px a few dozen images suffice (measured: Mask2Former best 0.66 from 0.03 after its first epoch, SegFormer
+    0.87 from 0.68), about a seventh of the time that 64 images at 128 px took (346 s of worker time)."""
     from oneformer.actions.train import train
 
-    spec_path = generate(tmp_path / "data", train=64, val=16, size=128, seed=0, arch=arch)
+    spec_path = generate(tmp_path / "data", train=train_images, val=16, size=96, seed=0, arch=arch)
     result = train(load_spec(spec_path, [f"results_dir={tmp_path}/results", f"train.num_epochs={epochs}"]))
     best, first = result["best"]["metrics"]["mIoU"], result["checkpoints"][0]["metrics"]["mIoU"]
     assert best >= bar, result["checkpoints"]  # validation mIoU on the 16 held-out images
-    assert best > first + 0.15  # learning happened, not a lucky init
+    assert best > first + gain, result["checkpoints"]  # learning happened, not a lucky init
 
 
 def test_mask2formers_exportable_mask_predictor_computes_the_same() -> None:
