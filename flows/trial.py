@@ -15,7 +15,7 @@ from pydantic import Field
 from oneformer.actions import TABLE
 from oneformer.errors import SpecError
 from oneformer.spec import build_spec, flatten
-from tasks.automl import attach, run_trial
+from tasks.automl import attach, trial_task
 
 
 def worker_name() -> str:
@@ -66,5 +66,5 @@ def trial(
     opened, storage, t = attach(s, study, trial_id)
     t.set_user_attr("worker", worker_name())
     t.set_user_attr("prefect_flow_run", str(runtime.flow_run.id or ""))
-    return run_trial.with_options(timeout_seconds=s.automl.trial_timeout)(
+    return trial_task(s)(
         opened, storage, t, number, label, s, tracking_uri, experiment, parent_run)

@@ -23,8 +23,8 @@ from tasks import tracking
 from tasks.heartbeats import HEARTBEAT_S, Heartbeat, heartbeat_warnings_off
 from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
-from tasks.training import PruneOnPlateau, run_training
-from tasks.trial_runs import DeployedTrials, LocalTrials, still_running
+from tasks.training import PruneOnPlateau, TrialDeadline, run_training
+from tasks.trial_runs import GRACE_S, DeployedTrials, LocalTrials, still_running
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
@@ -216,11 +216,12 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
     trial.set_user_attr("mlflow_run_id", run)
     prune = PruneOnPlateau(trial)
     t0 = time.monotonic()
+    callbacks = [prune] if spec.automl.trial_timeout is None else [prune, TrialDeadline(spec.automl.trial_timeout)]
     try:
         with Heartbeat(storage, trial):
             trial_spec = with_values(spec, {**trial.params, "results_dir": str(folder), "train.results_dir": None},
                                      f"trial spec in {folder}")
-            result = run_training(trial_spec, tracking_uri, run, [prune])
+            result = run_training(trial_spec, tracking_uri, run, callbacks)
     except Exception as exc:
         logger.exception("trial %d failed", number)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
@@ -313,6 +314,13 @@ def run_study(spec: ExperimentSpec, tracking_uri: str, experiment: str, parent_r
     return study
 
 
+def trial_task(spec: ExperimentSpec):  # noqa: ANN201 - a prefect Task
+    """run_trial as a task: the trial stops itself at automl.trial_timeout (TrialDeadline); Prefect's own timeout,
+    which raises into the thread asynchronously, is only a backstop for a trial stuck outside its training loop."""
+    limit = spec.automl.trial_timeout
+    return run_trial.with_options(timeout_seconds=None if limit is None else limit + GRACE_S)
+
+
 def trial_pool(spec: ExperimentSpec, study: optuna.Study, storage: optuna.storages.RDBStorage, tracking_uri: str,
                experiment: str, parent_run: str) -> LocalTrials | DeployedTrials:
     """Where this study's trials run: task runs in this process, or flow runs of automl.trial_deployment."""
@@ -327,7 +335,7 @@ def trial_pool(spec: ExperimentSpec, study: optuna.Study, storage: optuna.storag
             "spec": public_dict(spec), "study": study.study_name, "trial_id": t._trial_id, "number": t.number,
             "label": trial_label(t.params), "tracking_uri": tracking_uri, "experiment": experiment,
             "parent_run": parent_run})
-    task = run_trial.with_options(timeout_seconds=spec.automl.trial_timeout)
+    task = trial_task(spec)
     return LocalTrials(lambda t: task.submit(study, storage, t, t.number, trial_label(t.params), spec, tracking_uri,
                                              experiment, parent_run))
 

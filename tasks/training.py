@@ -87,6 +87,44 @@ class PruneOnPlateau(pl.Callback):
         self.pruned_at = state_dict.get("pruned_at")
 
 
+class TrialTimeout(TimeoutError):
+    """A trial trained past automl.trial_timeout."""
+
+
+class TrialDeadline(pl.Callback):
+    """Stop a trial at automl.trial_timeout from inside its training loop, after a step or a validation batch.
+
+    Written here because Prefect's task timeout raises asynchronously into the worker thread: measured here, it let a
+    trial run past a 1 s timeout to completion. Every process checks the same wall-clock deadline (spawned DDP
+    processes included); under DDP rank 0 decides, so all ranks stop together."""
+
+    def __init__(self, seconds: float, started: float | None = None) -> None:
+        self.seconds = seconds
+        self.deadline = (time.time() if started is None else started) + seconds
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise TrialTimeout once the deadline has passed."""
+        expired = time.time() > self.deadline
+        if trainer.world_size > 1:
+            expired = trainer.strategy.broadcast(expired, src=0)
+        if expired:
+            raise TrialTimeout(f"ran past automl.trial_timeout ({self.seconds:g} s) in epoch {trainer.current_epoch} "
+                               f"at step {trainer.global_step}; raise automl.trial_timeout to train it to its budget")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Setting up (data, model, a resumed checkpoint) counts against the timeout too."""
+        self.check(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """After each training step."""
+        self.check(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """After each validation batch (validation of a big split is long too)."""
+        if not trainer.sanity_checking:
+            self.check(trainer)
+
+
 def epochs_run(train_dir: Path) -> int:
     """Epochs completed, from the checkpoint index (every epoch is indexed at checkpoint_interval 1)."""
     entries = read_index(train_dir)

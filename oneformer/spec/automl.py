@@ -29,7 +29,7 @@ class AutoMLConfig(Section):
     n_trials: int = Field(4, gt=0, description="Trials a run trains in all (a resumed run counts those it "
                                                "already finished)")
     timeout: int | None = Field(None, gt=0, description="Seconds")
-    trial_timeout: int | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
+    trial_timeout: float | None = Field(6 * 3600, gt=0, description="Seconds one trial may train before it is "
                                                                   "stopped and recorded failed")
     sampler: Literal["tpe", "random", "gp", "cmaes"] = Field(
         "tpe", description="Optuna sampler proposing each trial's values: TPE, random, Gaussian process or CMA-ES; "

@@ -57,8 +57,9 @@ def nights(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> dict:
                                        ("evaluate/metrics.json", "export/model.onnx")}}
     out["night1"] = pipeline(overrides=base, sources=sources(data1), resume=True, n_trials=1, **run)
     out["mtimes1"] = {p: (results / p).stat().st_mtime_ns for p in out["after_failure"]["mtimes"]}
-    # the same data again: this night's one trial runs out of automl.trial_timeout, so its best is night 1's
-    out["night1_again"] = pipeline(overrides={**base, "automl.trial_timeout": 1}, sources=sources(data1), n_trials=1,
+    # the same data again: this night's one trial runs out of automl.trial_timeout (10 ms: it stops before its first
+    # step, whatever the machine), so its best is night 1's
+    out["night1_again"] = pipeline(overrides={**base, "automl.trial_timeout": 0.01}, sources=sources(data1), n_trials=1,
                                    **run)
     out["night2"] = pipeline(overrides=base, sources=sources(data2), n_trials=2, **run)
     weak = {**base, "train.num_epochs": 1, "automl.search_space": {"train.optim.lr": {"min": 1e-6, "max": 2e-6}}}
@@ -139,6 +140,7 @@ def test_a_night_whose_best_checkpoint_is_registered_already_registers_nothing_n
     study = study_of(c, again, nights["results"])
     assert study.study_name == c.get_run(n1["mlflow_run_id"]).data.tags["optuna.study"]  # the same data: same study
     assert len(study.trials) == 2 and study.trials[1].state.name == "FAIL"  # this night's trial ran out of time
+    assert "ran past automl.trial_timeout (0.01 s) in epoch 0 at step 0" in study.trials[1].user_attrs["error"]
     assert again["checkpoint"] == n1["checkpoint"]
 
     reg = again["registered"]
