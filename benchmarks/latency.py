@@ -203,10 +203,20 @@ def ratio(table: dict, batch: str, a: str, b: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark and print (and optionally write) its JSON."""
+    """Run the benchmark and print (and optionally write) its JSON; called in-process (a test, a notebook), it leaves
+    the caller's torch thread count and no files behind."""
     args = arguments(argv)
+    before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+            return run(args, Path(tmp))
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    """The benchmark with its models in `tmp`."""
     spec, checkpoint, weights = build(args, tmp)
     fp32_file = tmp / "model.onnx"
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ ceiling: the float work left in an INT8 graph bounds its speed-up whatever the i
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def op_profile(onnx_file: str, pixels: np.ndarray, runs: int = 2, threads: int =
         session.run(None, {name: pixels})
     trace_file = Path(session.end_profiling())
     trace = json.loads(trace_file.read_text())
-    trace_file.unlink(missing_ok=True)
+    shutil.rmtree(trace_file.parent, ignore_errors=True)  # the profile's own folder
     counted = [e for e in trace if e.get("name") == "model_run"][1:]
     start = counted[0]["ts"] if counted else 0
     totals: dict[str, float] = {}

@@ -16,9 +16,18 @@ os.environ.setdefault("ONEFORMER_CACHE", tempfile.mkdtemp(prefix="oneformer-test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # under pytest-xdist the cores are shared by the workers: one worker's torch threads per share
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
 
 LEARN_EPOCHS = 24
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Every test starts with this worker's share of the cores, whatever an earlier test in the process set."""
+    yield
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
 
 
 def xdist_group(item: pytest.Item) -> str | None:

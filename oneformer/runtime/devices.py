@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -39,3 +40,18 @@ def cuda_device(index: int, key: str) -> str:
         raise OneFormerError(f"{key}: GPU {index} does not exist on this machine ({count} CUDA device"
                              f"{'' if count == 1 else 's'}: ids 0-{count - 1}); set {key} to one of them")
     return f"cuda:{index}"
+
+
+THREADS_ENV = "ONEFORMER_THREADS"
+
+
+def cpu_threads(threads: int = 0) -> int:
+    """The CPU threads an ONNX Runtime or OpenVINO predictor uses: `threads` where given, else $ONEFORMER_THREADS
+    (set it on a machine shared with other work, so predictors do not each take every core), else 0, the runtime's
+    own choice (all cores)."""
+    if threads:
+        return threads
+    value = os.environ.get(THREADS_ENV, "0").strip() or "0"
+    if not value.isdigit():
+        raise OneFormerError(f"${THREADS_ENV}={value!r}: give a whole number of CPU threads (0 or unset: all cores)")
+    return int(value)

@@ -10,6 +10,7 @@ import torch
 
 from oneformer.data.labelmap import LabelMap
 from oneformer.errors import CheckpointError
+from oneformer.runtime.devices import cpu_threads
 from oneformer.runtime.predictor import META_KEY, ModelInfo, Outputs, check_task, outputs_from
 
 
@@ -23,7 +24,7 @@ class OnnxPredictor:
         if not self.path.is_file():
             raise CheckpointError(f"ONNX file {self.path} does not exist")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = cpu_threads(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # QDQ -> QLinear/IntegerToFloat
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])

@@ -17,6 +17,7 @@ import torch
 
 from oneformer.data.labelmap import LabelMap
 from oneformer.errors import CheckpointError, ConversionError
+from oneformer.runtime.devices import cpu_threads
 from oneformer.runtime.predictor import Outputs, check_task, onnx_info, outputs_from
 
 INSTALL = "pip install 'oneformer-pipeline[openvino]' (or pip install openvino)"
@@ -103,7 +104,7 @@ class OpenVinoPredictor:
 
         config: dict[Any, Any] = {hints.inference_precision: element_type(self.precision),
                                   hints.performance_mode: hints.PerformanceMode.LATENCY}
-        config[props.inference_num_threads] = max(threads, 0)  # explicit: 0 is OpenVINO's own (its cores)
+        config[props.inference_num_threads] = max(cpu_threads(threads), 0)  # explicit: 0 is OpenVINO's own
         self.compiled = core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # one request: a served model's concurrent predict calls take turns on it

@@ -38,11 +38,24 @@ def test_the_int8_ceiling_is_what_the_float_ops_left_allow() -> None:
 
 @pytest.mark.slow
 def test_the_benchmark_measures_every_backend_or_says_why_not(tmp_path: Path) -> None:
+    import tempfile
+
+    import torch
+
     latency = load("latency")
     out = tmp_path / "latency.json"
+
+    def scratch() -> set[Path]:
+        return {p for glob in ("ort-profile-*", "bench-latency-*") for p in Path(tempfile.gettempdir()).glob(glob)}
+
+    threads, before = torch.get_num_threads(), scratch()
     result = latency.main(["--model", "smoke", "--size", "64", "--batches", "1,2", "--runs", "2", "--calibration",
-                           "2", "--profile", "--resident-up-to", "1", "--out", str(out)])
-    assert out.is_file()
+                           "2", "--profile", "--resident-up-to", "1", "--threads", str(threads + 1), "--out", str(out)])
+    assert out.is_file() and result["threads"] == threads + 1
+    # run in-process, it leaves the caller's threads (a later training here ran 6x slower on 2 oversubscribed
+    # cores) and no scratch files
+    assert torch.get_num_threads() == threads
+    assert scratch() == before
     names = {"eager", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_bf16", "openvino_int8"}
     for batch in ("1", "2"):
         measured = set(result["throughput"][batch])

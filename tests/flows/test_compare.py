@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_comparison_runs_again_in_its_own_folder(tmp_path: Path) -> None:
     env = {**os.environ, "ONEFORMER_CACHE": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect")}
-    command = [sys.executable, "-m", "flows.compare", "--out", ".", "--trials", "1", "--runs", "2",
+    command = [sys.executable, "-m", "flows.compare", "--out", ".", "--trials", "1", "--runs", "2", "--images", "16",
                "train.num_epochs=1"]
     # from the output folder, as the Makefile runs it: its folders must not shadow packages; night 2 runs one
     # network (each network's own second night is the pipeline's, covered in test_nights)

@@ -103,3 +103,18 @@ def test_opening_an_engine_loads_no_exporter_and_names_what_is_missing(tmp_path:
     result = json.loads(done.stdout.splitlines()[-1])
     assert "TensorRT is not installed" in result["error"] or "no CUDA device" in result["error"]
     assert not [m for m in result["modules"] if m.startswith(("oneformer.actions", "onnx"))], result["modules"]
+
+
+def test_oneformer_threads_caps_each_predictor_and_a_bad_value_names_the_variable(
+        random_models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oneformer.errors import OneFormerError
+    from oneformer.runtime.devices import cpu_threads
+    from oneformer.runtime.onnx import OnnxPredictor
+
+    monkeypatch.setenv("ONEFORMER_THREADS", "1")
+    predictor = OnnxPredictor(random_models["onnx"])
+    assert predictor.session.get_session_options().intra_op_num_threads == 1
+    assert cpu_threads(3) == 3  # an explicit count wins
+    monkeypatch.setenv("ONEFORMER_THREADS", "two")
+    with pytest.raises(OneFormerError, match=r"\$ONEFORMER_THREADS='two'"):
+        OnnxPredictor(random_models["onnx"])
