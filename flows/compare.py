@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--runs", type=int, default=20, help="timed calls per backend")
     p.add_argument("--arch", action="append", choices=ARCHS, help="networks to run (default: all three)")
     p.add_argument("--images", type=int, default=64, help="synthetic training images (a quarter as many to validate)")
-    p.add_argument("--size", type=int, default=128, help="synthetic image size in pixels")
     p.add_argument("overrides", nargs="*", help="dotted key=value spec overrides for every network")
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     rows = {}
     for arch in a.arch or ARCHS:
         folder = out / "networks" / arch  # not out/<arch>: `python -m` from `out` would import ./oneformer instead
-        spec = generate(folder / "data", train=a.images, val=max(2, a.images // 4), size=a.size, seed=0, arch=arch)
+        spec = generate(folder / "data", train=a.images, val=max(2, a.images // 4), size=128, seed=0, arch=arch)
         args = ["--spec", str(spec), "--results-dir", str(folder / "results"), "--mlflow-uri", uri,
                 *sources(arch, folder / "data"), *(["--trials", str(a.trials)] if a.trials else []), *a.overrides]
         result = pipeline(args)

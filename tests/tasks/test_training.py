@@ -30,8 +30,7 @@ class Slow(pl.LightningModule):
 def fit(callbacks: list[pl.Callback], epochs: int) -> pl.Trainer:
     """Ten 20 ms steps an epoch on the CPU."""
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", callbacks=callbacks, logger=False,
-                         enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Slow(), DataLoader(TensorDataset(torch.ones(10, 1)), batch_size=1))
     return trainer
 
