@@ -24,6 +24,11 @@ PRECISION_HELP = ("Runtime precision (not train.precision): auto (the file's own
                   "file; with backend auto also OpenVINO bf16 where this CPU has it and it is faster and passes "
                   "parity), fp32, bf16 (OpenVINO on a CPU with AVX512-BF16 or AMX) or int8 (the INT8 file's own: "
                   "checks the file is one)")
+EVALUATE_PRECISION_HELP = ("Runtime precision (not train.precision): auto (the file's own, fp32 or int8 for a "
+                           "quantized file, on the fastest backend at that precision whose parity passed; never bf16, "
+                           "so the metrics are the file's and nights compare), fp32, bf16 (OpenVINO on a CPU with "
+                           "AVX512-BF16 or AMX: scores the FP32 file in bf16) or int8 (the INT8 file's own: checks "
+                           "the file is one)")
 PRECISION_ALIASES = {"fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
                      "int8": "int8", "auto": "auto"}
 
@@ -61,7 +66,7 @@ class EvaluateConfig(Section):
                                                "first of gpu_ids (a larger batch_size uses it better)")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU ids; evaluation runs on the first")
     backend: RuntimeBackend = Field("auto", description=BACKEND_HELP)
-    precision: RuntimePrecision = Field("auto", description=PRECISION_HELP)
+    precision: RuntimePrecision = Field("auto", description=EVALUATE_PRECISION_HELP)
     results_dir: str | None = Field(None, description="Where metrics.json and per_class_iou.csv go; default "
                                                       "<results_dir>/evaluate")
     batch_size: int | None = Field(None, ge=1, description="Images per forward pass, zero-padded to the largest "

@@ -67,6 +67,23 @@ def test_the_fastest_passing_backend_is_chosen_and_a_failed_parity_never(onnx_fi
     assert choose(onnx_file, precision="fp32") == Candidate("openvino", "fp32")
 
 
+def test_evaluate_scores_the_files_own_precision_where_inference_may_answer_in_bf16(
+        onnx_file: Path, small_synth: Path, tmp_path: Path) -> None:
+    from oneformer.actions.evaluate import evaluate
+    from oneformer.spec import load_spec
+
+    bf16 = "openvino-bf16" in [c.name for c in choice.candidates("fp32")]  # this CPU has AVX512-BF16 or AMX
+    sidecar(onnx_file, {"onnxruntime-fp32": (10.0, True), "openvino-fp32": (9.0, True),
+                        **({"openvino-bf16": (1.0, True)} if bf16 else {})})
+    base = [f"results_dir={tmp_path}", f"evaluate.checkpoint={onnx_file}", "evaluate.max_images=1"]
+    evaluate(load_spec(small_synth, base))
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["backend"] == "openvino-fp32"
+    assert describe(open_predictor(onnx_file)) == ("openvino-bf16" if bf16 else "openvino-fp32")  # inference's auto
+    if bf16:  # asked for, evaluate scores in bf16 too
+        evaluate(load_spec(small_synth, [*base, "evaluate.precision=bf16", f"evaluate.results_dir={tmp_path}/b"]))
+        assert json.loads((tmp_path / "b" / "metrics.json").read_text())["backend"] == "openvino-bf16"
+
+
 def test_a_changed_file_or_machine_is_measured_again(onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sidecar(onnx_file, {"onnxruntime-fp32": (10.0, True), "openvino-fp32": (5.0, True)})
     assert read_report(onnx_file) is not None
