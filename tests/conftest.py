@@ -18,6 +18,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # under pytest-xdist the cores are shared by the workers: one worker's torch threads per share
 THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 torch.set_num_threads(THREADS)
+# and the processes tests start (flow runs on workers, CLIs, servers) take the same share, not every core each:
+# OpenMP threads oversubscribed on 2 cores spin and burn the CPU the other worker's tests need
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ.setdefault("ONEFORMER_THREADS", str(THREADS))
+# `auto` measures ONNX Runtime only (every pipeline run's registration would compile three OpenVINO models, 8 s
+# each time); the tests of OpenVINO and of the choice between backends take the `every_backend` fixture
+os.environ.setdefault("ONEFORMER_BACKENDS", "onnxruntime")
 
 LEARN_EPOCHS = 24
 
@@ -53,6 +60,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def every_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` may choose every backend installed here (OpenVINO too), as it does by default outside the tests."""
+    monkeypatch.delenv("ONEFORMER_BACKENDS", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,23 @@ def openvino_installed() -> bool:
     return True
 
 
+BACKENDS_ENV = "ONEFORMER_BACKENDS"
+AUTO_BACKENDS = ("onnxruntime", "openvino")
+
+
+def auto_backends() -> tuple[str, ...]:
+    """The backends `auto` may measure and choose on this machine: $ONEFORMER_BACKENDS (a comma list), else every
+    one installed; ONNX Runtime always stays, as the reference every other backend's parity is checked against."""
+    value = os.environ.get(BACKENDS_ENV, "").strip()
+    if not value:
+        return AUTO_BACKENDS
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if bad := [n for n in names if n not in AUTO_BACKENDS]:
+        raise OneFormerError(f"${BACKENDS_ENV}={value!r}: {', '.join(map(repr, bad))} is not a backend auto can "
+                             f"choose; give a comma list of {', '.join(AUTO_BACKENDS)} (unset: all installed)")
+    return tuple(n for n in AUTO_BACKENDS if n in names or n == "onnxruntime")
+
+
 def bf16_here() -> bool:
     """Whether OpenVINO runs bf16 on this CPU (False without OpenVINO)."""
     if not openvino_installed():
@@ -87,7 +104,7 @@ def bf16_here() -> bool:
 def candidates(file_precision: str) -> list[Candidate]:
     """What this machine can run a file of `file_precision` (fp32 or int8) with; ONNX Runtime first (the reference)."""
     out = [Candidate("onnxruntime", file_precision)]
-    if openvino_installed():
+    if "openvino" in auto_backends() and openvino_installed():
         out.append(Candidate("openvino", file_precision))
         if file_precision == "fp32" and bf16_here():
             out.append(Candidate("openvino", "bf16"))
@@ -151,7 +168,8 @@ def report_key(path: Path) -> dict[str, Any]:
 
 
 def read_report(path: Path, key: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The file's sidecar report when it was measured for this file on this machine with these runtimes, else None."""
+    """The file's sidecar report when it was measured for this file on this machine with these runtimes and has a row
+    for every backend auto may choose now, else None."""
     side = report_path(path)
     try:
         report = json.loads(side.read_text())
@@ -159,6 +177,11 @@ def read_report(path: Path, key: dict[str, Any] | None = None) -> dict[str, Any]
         return None
     if not isinstance(report, dict) or report.get("key") != (key or report_key(path)):
         log.info("%s was measured for another file, machine or runtime version: measuring again", side)
+        return None
+    reference = Candidate.parse(str(report.get("reference", "onnxruntime-fp32")))
+    measured = {Candidate.parse(n).backend for n in report.get("backends", {})}
+    if missing := sorted({c.backend for c in candidates(reference.precision)} - measured):  # $ONEFORMER_BACKENDS grew
+        log.info("%s was measured without %s: measuring again", side, ", ".join(missing))
         return None
     return report
 
@@ -323,7 +346,8 @@ def serving_choice(report: dict[str, Any] | None, files: set[str], backend: str 
         raise ConversionError(f"params precision={precision!r}: one of {', '.join(SERVE_PRECISIONS)}")
     rows = [(row["ms"], kind, c) for kind, c, row in report_rows(report or {})
             if kind in files and row.get("passed") and row.get("ms") is not None
-            and backend in ("auto", c.backend) and precision in ("auto", c.precision) and (not here or runnable(c))]
+            and backend in ("auto", c.backend) and precision in ("auto", c.precision) and (not here or runnable(c))
+            and (backend != "auto" or c.backend in auto_backends())]
     if rows:
         _, kind, candidate = min(rows, key=lambda r: r[0])
         return kind, candidate

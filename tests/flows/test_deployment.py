@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import PREFECT, prefect_server, prefect_workers
+from servers import PREFECT, new_database, prefect_server, prefect_workers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -20,15 +20,17 @@ TRIALS = 3  # more than the two free workers: one of them takes a second trial w
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, small_synth: Path):  # noqa: ANN201 - (env, results, logs, run)
-    """A Prefect server and three process workers on one pool, each taking one flow run at a time; the deployments
+def served(tmp_path_factory: pytest.TempPathFactory, small_synth: Path,  # noqa: ANN201 - (env, results, logs, run)
+           postgres_url: str):
+    """A Prefect server on PostgreSQL (on SQLite, three workers' heartbeats and submissions lock its database for
+    a minute at a time) and three process workers on one pool, each taking one flow run at a time; the deployments
     of prefect.yaml deployed to it."""
     root = tmp_path_factory.mktemp("served")
     results = root / "results"
     own = {"ONEFORMER_HOME": str(REPO), "ONEFORMER_SPEC": "specs/smoke.yaml", "ONEFORMER_DATA": str(small_synth.parent),
            "ONEFORMER_RESULTS": str(results), "ONEFORMER_CACHE": str(root / "cache"),
            "PREFECT_WORKER_QUERY_SECONDS": "2"}  # a free worker takes the next trial within 2 s, not 10
-    with prefect_server(root, own) as env:
+    with prefect_server(root, own, new_database(postgres_url, "prefect_served", "asyncpg")) as env:
         env.pop("MLFLOW_TRACKING_URI", None)
         run = lambda *args: subprocess.run([PREFECT, *args], env=env, cwd=REPO, check=True,  # noqa: E731
                                            capture_output=True, text=True, timeout=180)

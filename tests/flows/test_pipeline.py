@@ -17,7 +17,7 @@ import torch
 import yaml
 from logs import LogLines
 from mlflow.tracking import MlflowClient
-from servers import mlflow_command, s3_env
+from servers import mlflow_command, new_database, s3_env
 
 from flows.params import Tracking
 from flows.pipeline import pipeline
@@ -61,15 +61,12 @@ def bucket(small_synth: Path, moto_endpoint: str, tmp_path_factory: pytest.TempP
 def server(postgres_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """`mlflow server` as teams run it: PostgreSQL behind it, artifacts proxied to s3://mlflow-artifacts."""
     import boto3
-    import psycopg
 
-    with psycopg.connect(postgres_url.replace("/optuna", "/postgres"), autocommit=True) as c:
-        c.execute("CREATE DATABASE mlflow_pipeline")
+    store = new_database(postgres_url, "mlflow_pipeline")
     env = s3_env(moto_endpoint, SECRET)
     boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
                  region_name="us-east-1").create_bucket(Bucket="mlflow-artifacts")
-    store = postgres_url.replace("postgresql://", "postgresql+psycopg://").replace("/optuna", "/mlflow_pipeline")
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     with mlflow_command(["server", "--backend-store-uri", store, "--artifacts-destination", "s3://mlflow-artifacts",
                          "--workers", "1"], "/health", log, {**env, "MLFLOW_S3_ENDPOINT_URL": moto_endpoint}) as url:

@@ -93,6 +93,18 @@ def postgres(bindir: Path, password: str | None = None, databases: tuple[str, ..
         shutil.rmtree(root, ignore_errors=True)
 
 
+def new_database(url: str, name: str, driver: str = "psycopg") -> str:
+    """A new, empty database `name` on the PostgreSQL server of `url` (a URL from `postgres`); its SQLAlchemy URL
+    with `driver`."""
+    import psycopg
+    import psycopg.sql
+
+    server, _ = url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as c:
+        c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    return f"{server.replace('postgresql://', f'postgresql+{driver}://')}/{name}"
+
+
 @contextmanager
 def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`mlflow <args> --host 127.0.0.1 --port <free>` (a tracking server or `models serve`), up once `health`
@@ -125,17 +137,19 @@ def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT twice (a worker ignores SIGTERM while it waits), then kill."""
+def stop(*procs: subprocess.Popen) -> None:
+    """SIGINT twice (a worker ignores SIGTERM while it waits), then kill; all of them at once, so stopping three
+    workers takes as long as the slowest, not the sum."""
     for _ in range(2):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-    if proc.poll() is None:
-        proc.kill()
+            proc.kill()
         proc.wait()
 
 
@@ -155,15 +169,17 @@ def wait_healthy(api: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @contextmanager
-def prefect_server(root: Path, env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free port with its own SQLite database and home under `root` (its log in
-    root/logs); yields the environment that points the CLI, flows and workers at it."""
+def prefect_server(root: Path, env: dict[str, str] | None = None,
+                   database: str | None = None) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its home under `root` (its log in root/logs) and its own SQLite
+    database there, or `database` (a SQLAlchemy URL: PostgreSQL, as a server with several workers wants); yields
+    the environment that points the CLI, flows and workers at it."""
     port = free_port()
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **(env or {}), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_HOME": str(root / "prefect"),
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": database or f"sqlite+aiosqlite:///{root / 'prefect.db'}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
@@ -188,5 +204,4 @@ def prefect_workers(pool: str, names: list[str], env: dict[str, str], cwd: Path,
                                             stderr=subprocess.STDOUT))
         yield workers
     finally:
-        for worker in workers:
-            stop(worker)
+        stop(*workers)

@@ -62,6 +62,7 @@ def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | 
                      run_key=f"run-{miou}-{int8_passed}-{champion}", champion=champion)
 
 
+@pytest.mark.usefixtures("every_backend")  # the run's metrics carry every backend's latency
 def test_champion_moves_only_for_a_passing_int8_at_least_as_good(prefect_api, store: dict,  # noqa: ANN001
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def version(miou: float, int8_passed: bool, champion: tuple[str, float | None] | None = None) -> Registration:

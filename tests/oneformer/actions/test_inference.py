@@ -77,6 +77,7 @@ def test_inference_runs_on_the_backend_the_spec_names_and_says_so(small_synth: P
     assert [s["backend"] for s in lines] == [answers, answers] and answers in lines[-1]["message"]
 
 
+@pytest.mark.usefixtures("every_backend")
 def test_inference_on_auto_answers_with_a_backend_whose_parity_passed(small_synth: Path, random_models: dict,
                                                                       tmp_path: Path) -> None:
     from oneformer.runtime.choice import read_report, report_path

@@ -15,6 +15,8 @@ from oneformer.runtime import choice, open_predictor
 from oneformer.runtime.choice import Candidate, choose, measure, read_report, report_key, report_path, serving_choice
 from oneformer.runtime.predictor import describe
 
+pytestmark = pytest.mark.usefixtures("every_backend")  # OpenVINO and the choice between backends
+
 
 @pytest.fixture
 def onnx_file(random_models: dict, tmp_path: Path) -> Path:
@@ -141,3 +143,29 @@ def test_the_served_model_picks_the_fastest_passing_file_and_backend_this_machin
         serving_choice(report, files, backend="tensorrt")
     with pytest.raises(ConversionError, match="ONNX Runtime's CPU provider runs no bf16"):
         serving_choice(report, files, "onnxruntime", "bf16")
+
+
+def test_oneformer_backends_narrows_what_auto_measures_and_chooses(onnx_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with OpenVINO installed but not wanted for serving: auto measures and answers ONNX Runtime only,
+    an explicit backend is still honoured, and a report measured so is measured again once OpenVINO is allowed."""
+    from oneformer.errors import OneFormerError
+
+    sidecar(onnx_file, {"onnxruntime-fp32": (10.0, True), "openvino-fp32": (5.0, True)})
+    monkeypatch.setenv("ONEFORMER_BACKENDS", "onnxruntime")
+    assert choice.candidates("fp32") == [Candidate("onnxruntime", "fp32")]
+    assert choose(onnx_file) == Candidate("onnxruntime", "fp32")
+    assert describe(open_predictor(onnx_file)) == "onnxruntime-fp32"
+    report = version({"fp32": {"onnxruntime-fp32": (20.0, True), "openvino-fp32": (5.0, True)}})
+    assert serving_choice(report, {"fp32"}) == ("fp32", Candidate("onnxruntime", "fp32"))
+    assert serving_choice(report, {"fp32"}, backend="openvino") == ("fp32", Candidate("openvino", "fp32"))
+
+    measured = measure(onnx_file, runs=1)
+    assert list(measured["backends"]) == ["onnxruntime-fp32"] and read_report(onnx_file) is not None
+    monkeypatch.setenv("ONEFORMER_BACKENDS", " onnxruntime , openvino ")
+    assert read_report(onnx_file) is None  # measured without OpenVINO, which auto may choose now
+    assert Candidate("openvino", "fp32") in choice.candidates("fp32")
+
+    monkeypatch.setenv("ONEFORMER_BACKENDS", "onnxruntime,tensorrt")
+    with pytest.raises(OneFormerError, match=r"\$ONEFORMER_BACKENDS='onnxruntime,tensorrt': 'tensorrt' is not"):
+        choose(onnx_file)

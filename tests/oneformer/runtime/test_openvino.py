@@ -18,6 +18,8 @@ from oneformer.runtime.choice import caller
 from oneformer.runtime.openvino import OpenVinoPredictor, has_bf16
 from oneformer.runtime.predictor import describe
 
+pytestmark = pytest.mark.usefixtures("every_backend")  # OpenVINO and the choice between backends
+
 
 def eval_images(small_synth: Path) -> list[Path]:
     """The tiny dataset's evaluation images."""
