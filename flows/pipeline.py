@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import Field
 
-from flows import stages as stage
 from flows.common import end_trials, on_failure, tracked_run
 from flows.params import ARCH_HELP, S3_BLOCK, ActionInputs, Stages, Tracking, TrtPrecision, described, refuse_secrets
 from oneformer.arch_spec import ARCHS, Arch
@@ -57,6 +56,10 @@ def pipeline(
                                               "count toward n_trials and its finished stages are reused")] = False,
 ) -> dict:
     """The whole chain; returns the registered version, metrics and artifact paths."""
+    # here, not at the top: a worker imports this module only to run a cancelled or crashed run's hooks, and the
+    # stages' imports (Lightning, Optuna, ONNX, matplotlib) would double the time those take
+    from flows import stages as stage
+
     values = {**overrides, **({"model_name": model_name} if model_name else {}),
               **({"automl.n_trials": n_trials} if n_trials else {})}
     inputs = ActionInputs(spec=spec, arch=arch, overrides=values, sources=sources, results_dir=results_dir,

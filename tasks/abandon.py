@@ -32,14 +32,14 @@ def abandon_trials(flow_run_id: UUID, why: str) -> list[str]:
         for run in children:
             if {"study", "trial_id", "spec"} - set(run.parameters) or (run.state and run.state.is_final()):
                 continue  # not a trial, or over already
+            try:  # first: once killed, the trial's own hook would record its SIGTERM as the reason instead
+                fail_trial(run.parameters, why)
+            except Exception:
+                log.exception("could not mark the trial of flow run %s failed", run.name)
             # a run no worker has taken yet is simply cancelled; a running one is killed by its worker
             client.set_flow_run_state(run.id, Cancelling(message=why) if run.start_time else Cancelled(message=why),
                                       force=True)
             ended.append(run.name)
-            try:
-                fail_trial(run.parameters, why)
-            except Exception:
-                log.exception("could not mark the trial of flow run %s failed", run.name)
         settle(client, [r.id for r in children if r.name in ended])
     return ended
 

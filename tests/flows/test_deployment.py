@@ -152,6 +152,17 @@ def flow_runs_of(api: str, parent: str | None = None, ids: list[str] | None = No
         return client.read_flow_runs(flow_run_filter=which)
 
 
+def states_of(api: str, flow_run: str) -> list[str]:
+    """The state types a flow run on the served API went through, oldest first."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        return [s.type.value for s in client.read_flow_run_states(UUID(flow_run))]
+
+
 def processes_of(flow_run_ids: set[str]) -> list[int]:
     """Pids of the processes running any of these flow runs (a worker sets PREFECT__FLOW_RUN_ID in their env)."""
     pids = []
@@ -181,8 +192,9 @@ def until(what: str, check, timeout: float, logs: Path):  # noqa: ANN001, ANN201
 @pytest.mark.parametrize("how", ["cancelled", "killed"])
 def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, small_synth: Path, postgres_url: str,  # noqa: ANN001
                                                                      how: str) -> None:
-    """`prefect flow-run cancel` of a pipeline (or its process killed) while two trials train on other workers:
-    the trials' flow runs are cancelled, their processes gone, and their Optuna trials failed."""
+    """`prefect flow-run cancel` of a pipeline while two trials train on other workers: the trials' flow runs are
+    cancelled, their processes gone, their Optuna trials failed. Its process killed while its two trials wait in
+    the queue (the pool at its concurrency limit): they are cancelled before any worker takes them."""
     import os
     import re
     import signal
@@ -196,32 +208,42 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
     overrides = {"model.sem_seg_head.num_classes": classes, "train.num_epochs": 500,  # far longer than the test
                  "automl.trial_deployment": "oneformer-trial/trial", "automl.n_jobs": 2, "automl.storage": postgres_url,
                  "automl.study_name": f"abandoned-{how}", "automl.pruner": "none", "automl.sampler": "random"}
-    started = run("deployment", "run", "oneformer-pipeline/on-demand", "--param", "n_trials=4",
-                  "--param", f"overrides={json.dumps(overrides)}", "--param", f"results_dir={results}-{how}")
-    pipeline = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
     api = env["PREFECT_API_URL"]
+    if how == "killed":  # the pipeline takes the pool's one slot; the trials it launches wait for another
+        run("work-pool", "set-concurrency-limit", "oneformer-process", "1")
+    try:
+        started = run("deployment", "run", "oneformer-pipeline/on-demand", "--param", "n_trials=4",
+                      "--param", f"overrides={json.dumps(overrides)}", "--param", f"results_dir={results}-{how}")
+        pipeline = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
 
-    def running() -> list | None:
-        runs = [r for r in flow_runs_of(api, pipeline) if r.state and r.state.is_running()]
-        return runs if len(runs) >= 2 else None
+        def launched(state: str) -> list | None:
+            runs = [r for r in flow_runs_of(api, pipeline) if r.state and r.state.type.value == state]
+            return runs if len(runs) >= 2 else None
 
-    trials = until("two trial flow runs running", running, 420, logs)
-    ids = {str(r.id) for r in trials}
-    until("the trials' processes", lambda: len(processes_of(ids)) >= 2, 60, logs)
+        if how == "cancelled":
+            trials = until("two trial flow runs running", lambda: launched("RUNNING"), 420, logs)
+            until("the trials' processes", lambda: len(processes_of({str(r.id) for r in trials})) >= 2, 60, logs)
+            run("flow-run", "cancel", pipeline)
+        else:  # the pipeline's process dies (OOM killer, a kill -9): its worker reports it crashed
+            until("two trial flow runs queued", lambda: launched("SCHEDULED"), 420, logs)
+            run("work-pool", "pause", "oneformer-process")  # the freed slot must not start one before the hook ran
+            for pid in until("the pipeline's process", lambda: processes_of({pipeline}), 30, logs):
+                os.kill(pid, signal.SIGKILL)
 
-    if how == "cancelled":
-        run("flow-run", "cancel", pipeline)
-    else:  # the pipeline's process dies (OOM killer, a kill -9): its worker reports it crashed
-        for pid in until("the pipeline's process", lambda: processes_of({pipeline}), 30, logs):
-            os.kill(pid, signal.SIGKILL)
-
-    expected = "CANCELLED" if how == "cancelled" else "CRASHED"
-    until(f"the pipeline {expected}", lambda: flow_runs_of(api, ids=[pipeline])[0].state.type.value == expected, 120,
-          logs)
-    ended = until("every trial flow run cancelled", lambda: (runs := flow_runs_of(api, pipeline)) and all(
-        r.state.is_final() for r in runs) and runs, 180, logs)
+        expected = "CANCELLED" if how == "cancelled" else "CRASHED"
+        until(f"the pipeline {expected}", lambda: flow_runs_of(api, ids=[pipeline])[0].state.type.value == expected,
+              120, logs)
+        ended = until("every trial flow run cancelled", lambda: (runs := flow_runs_of(api, pipeline)) and all(
+            r.state.is_final() for r in runs) and runs, 180, logs)
+    finally:
+        if how == "killed":
+            run("work-pool", "clear-concurrency-limit", "oneformer-process")
+            run("work-pool", "resume", "oneformer-process")
     assert {r.state.type.value for r in ended} == {"CANCELLED"}, [(r.name, r.state) for r in ended]
     assert until("no trial process left", lambda: not processes_of({str(r.id) for r in ended}), 60, logs)
+    if how == "killed":  # none ever ran: scheduled, then cancelled
+        ran = {r.name: states_of(api, str(r.id)) for r in ended}
+        assert all(set(s) == {"SCHEDULED", "CANCELLED"} for s in ran.values()), ran
 
     storage = with_driver(postgres_url)
     [summary] = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"abandoned-{how}-")]
@@ -240,7 +262,7 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
     runs = c.search_runs([exp])
     [parent] = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == pipeline]
     trial_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert trial_runs and {r.info.status for r in runs} <= {"FAILED", "KILLED"}, \
-        [(r.info.run_name, r.info.status) for r in runs]
+    assert bool(trial_runs) == (how == "cancelled")  # a queued trial never started its MLflow run
+    assert {r.info.status for r in runs} <= {"FAILED", "KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
     record = json.loads(Path(f"{results}-{how}/pipeline_run.json").read_text())
     assert record["state"] != "RUNNING" and record["mlflow_run"] == parent.info.run_id  # `resume` continues it
