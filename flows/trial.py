@@ -15,7 +15,6 @@ from pydantic import Field
 from oneformer.actions import TABLE
 from oneformer.errors import SpecError
 from oneformer.spec import build_spec, flatten
-from tasks.automl import attach, trial_task
 
 
 def worker_name() -> str:
@@ -63,6 +62,8 @@ def trial(
                    if values.get(i.key) and not Path(values[i.key]).exists()]:  # the study flow checked the rest
         raise SpecError([*missing, f"not found on {where}: a trial reads the data where the study flow staged it, "
                                    f"so ONEFORMER_CACHE, or the data itself, must be on storage every worker mounts"])
+    from tasks.automl import attach, trial_task  # here, not at import: the worker's hooks import this module
+
     opened, storage, t = attach(s, study, trial_id)
     t.set_user_attr("worker", worker_name())
     t.set_user_attr("prefect_flow_run", str(runtime.flow_run.id or ""))

@@ -16,7 +16,7 @@ from prefect.states import Cancelled, Cancelling
 
 from oneformer.spec import build_spec
 from tasks import tracking
-from tasks.automl import rdb_storage
+from tasks.study_storage import rdb_storage
 
 log = logging.getLogger(__name__)
 SETTLE_S = 90.0  # how long the hook waits for cancelled trial runs' workers to kill them

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -14,45 +13,19 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from oneformer.model.checkpoint import keep_best_and_latest
 from oneformer.spec import ExperimentSpec, public_dict, with_values
 from tasks import tracking
-from tasks.heartbeats import HEARTBEAT_S, Heartbeat, heartbeat_warnings_off
+from tasks.heartbeats import Heartbeat, heartbeat_warnings_off
 from tasks.results import Selection, Trial, trial_label
 from tasks.search_space import search_space
+from tasks.study_storage import rdb_storage, shown, storage_url, with_driver  # noqa: F401 - re-exported
 from tasks.training import PruneOnPlateau, TrialDeadline, run_training
 from tasks.trial_runs import GRACE_S, DeployedTrials, LocalTrials, still_running
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # a trial's error when its process died: retried, never counted
-
-
-def storage_url(spec: ExperimentSpec) -> str:
-    """automl.storage, else SQLite in <results_dir>/automl."""
-    if spec.automl.storage:
-        return with_driver(spec.automl.storage)
-    folder = (Path(spec.results_dir) / "automl").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder}/optuna.db"
-
-
-def with_driver(url: str) -> str:
-    """A bare postgresql:// means psycopg2 to SQLAlchemy; we ship psycopg 3, so name it unless psycopg2 is there."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None:
-        return f"postgresql+psycopg://{rest}"
-    return url
-
-
-def shown(url: str) -> str:
-    """The storage URL with any password masked, for logs and errors."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
 
 
 def sampler(spec: ExperimentSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -81,20 +54,6 @@ def pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
     if spec.automl.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 8))
     return optuna.pruners.NopPruner()
-
-
-def rdb_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
-    """The study's RDB storage, with heartbeats so trials of a killed process can be told apart."""
-    url = storage_url(spec)
-    try:
-        with heartbeat_warnings_off():
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise RuntimeError(f"automl.storage: cannot open the Optuna study database {shown(url)}: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Check the URL, that the server "
-                           f"is up and the database exists (a SQLAlchemy URL such as "
-                           f"postgresql://user@host:5432/optuna, the password in PGPASSWORD or in the URL of a spec "
-                           f"file on the worker)") from exc
 
 
 def open_study(spec: ExperimentSpec, name: str, storage: optuna.storages.RDBStorage) -> optuna.Study:
