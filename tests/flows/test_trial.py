@@ -38,3 +38,17 @@ def test_a_trial_told_already_is_not_trained_again(small_synth: Path, tmp_path: 
         attach(spec, "told", asked._trial_id)
     with pytest.raises(RuntimeError, match="no Optuna study 'elsewhere'"):
         attach(spec, "elsewhere", asked._trial_id)
+
+
+def test_the_workers_hooks_load_without_the_training_stack() -> None:
+    """A worker runs a cancelled or crashed run's hooks in a fresh process that imports the flow's module: while it
+    loads Lightning and transformers (8 s of CPU here), the run's trials go on training for nobody."""
+    import subprocess
+    import sys
+
+    heavy = ("lightning", "transformers", "tasks.automl", "tasks.training")
+    probe = (f"import sys, flows.trial, flows.pipeline, tasks.abandon; "
+             f"print([m for m in {heavy!r} if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    assert loaded == "[]", f"the hook modules import {loaded}"
