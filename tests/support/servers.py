@@ -109,13 +109,15 @@ def new_database(url: str, name: str, driver: str = "psycopg") -> str:
 def mlflow_command(args: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`mlflow <args> --host 127.0.0.1 --port <free>` (a tracking server or `models serve`), up once `health`
     answers; yields its URL and stops it. MLflow execs `uvicorn` from PATH: the venv's bin goes first, as an
-    activated venv has it."""
+    activated venv has it. A tracking server runs without MLflow's job execution, as the README's does: the
+    pipeline uses no server jobs, and they start nine more processes (a job runner and eight Huey consumers, about
+    30 s of CPU per server on 2 cores)."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     with log.open("w") as out:
         server = subprocess.Popen([str(mlflow_bin), *args, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, **(env or {}),
+                                  env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **(env or {}),
                                        "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}"
     try:

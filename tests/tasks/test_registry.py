@@ -44,7 +44,8 @@ def store(tmp_path: Path, random_models: dict) -> dict:
             "checkpoint": tmp_path / random_models["checkpoint"].name}
 
 
-def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | None = None) -> ModelCard:
+def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | None = None,
+         name: str = "registry-test") -> ModelCard:
     """A card for the store's model with the given test mIoU, INT8 verdict and champion score on the same images."""
     checkpoint = str(store["checkpoint"])
     conversions = (Conversion("onnx", "PyTorch -> ONNX FP32", str(store["dir"] / "model.onnx"),
@@ -53,7 +54,7 @@ def card(store: dict, miou: float, int8_passed: bool, champion: ChampionScore | 
                               {"agreement": 0.99 if int8_passed else 0.5, "max_abs_diff": {}, "passed": int8_passed,
                                "mIoU": {"fp32": miou, "int8": miou}}))
     per_class = [{"class": 0, "name": "sky", "iou": miou}]
-    return ModelCard(name="registry-test", spec=load_spec().model_dump(mode="json"),
+    return ModelCard(name=name, spec=load_spec().model_dump(mode="json"),
                      selection=Selection(checkpoint=checkpoint, mIoU=miou), conversions=conversions,
                      evaluation=Evaluation({"mIoU": miou, "num_images": 4.0}, per_class, str(store["dir"])),
                      params_m=1.0, key_settings={"train.optim.lr": 1e-3}, data_digest="d", train_source="s3://b/train",
@@ -201,19 +202,26 @@ def test_mlflow_models_serve_answers_an_image_over_http(registered: str, small_s
         assert prediction["segments"] and all(isinstance(s["category"], str) for s in prediction["segments"])
 
 
-@pytest.fixture
-def server_store(tmp_path: Path, random_models: dict) -> Iterator[dict]:
-    """An `mlflow server` over HTTP on 127.0.0.1 (SQLite behind it), with a run and the files to register."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, random_models: dict) -> Iterator[dict]:
+    """An `mlflow server` over HTTP on 127.0.0.1 (SQLite behind it), once for the module, and the files to
+    register."""
     from servers import mlflow_command
 
+    tmp_path = tmp_path_factory.mktemp("server_store")
     with mlflow_command(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
                          (tmp_path / "served").as_uri(), "--workers", "1"], "/health", tmp_path / "server.log") as uri:
-        c = tracking.client(uri)
-        exp = tracking.experiment_id(c, "registry-test", None)
         for kind in ("onnx", "int8", "checkpoint"):
             shutil.copy(random_models[kind], tmp_path / random_models[kind].name)
-        yield {"uri": uri, "exp": exp, "run": tracking.start_run(c, exp, "pipeline"), "dir": tmp_path,
+        yield {"uri": uri, "exp": tracking.experiment_id(tracking.client(uri), "registry-test", None), "dir": tmp_path,
                "checkpoint": tmp_path / random_models["checkpoint"].name}
+
+
+@pytest.fixture
+def server_store(mlflow_server: dict) -> dict:
+    """The module's server with a new pipeline run (each test registers its own model name)."""
+    return {**mlflow_server, "run": tracking.start_run(tracking.client(mlflow_server["uri"]), mlflow_server["exp"],
+                                                       "pipeline")}
 
 
 @pytest.mark.slow
@@ -224,23 +232,24 @@ def test_a_registration_cut_off_by_the_server_is_finished_once_by_the_rerun(pref
     from faults import Schedule, fault_proxy
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the server is gone: fail now, not after minutes
-    version_card = card(server_store, 0.5, True)
+    name = f"registry-{cut.replace('/', '-')}"  # the module's server is shared: each cut registers its own model
+    version_card = card(server_store, 0.5, True, name=name)
     schedule = Schedule([], path_contains=cut, rest="reset")
     with fault_proxy(server_store["uri"], schedule) as proxy, \
-            pytest.raises(Exception, match=r"registering registry-test at http://127\.0\.0\.1:\d+ failed: .*Nothing is "
+            pytest.raises(Exception, match=rf"registering {name} at http://127\.0\.0\.1:\d+ failed: .*Nothing is "
                                            r"half-registered: rerun the pipeline with resume=True"):
         register_flow(proxy, server_store["exp"], version_card, str(server_store["dir"] / "model.onnx"))
     assert any(f == "reset" for _, f in schedule.seen)  # the cut hit the request it was meant for
     c = tracking.client(server_store["uri"])
-    before = c.search_model_versions("name = 'registry-test'")
+    before = c.search_model_versions(f"name = '{name}'")
     assert len(before) == (0 if cut == "model-versions/create" else 1)
     assert all(v.tags.get("registration") != "complete" for v in before)
 
     done = register_flow(server_store["uri"], server_store["exp"], version_card, str(server_store["dir"] /
                                                                                      "model.onnx"))
-    (only,) = c.search_model_versions("name = 'registry-test'")  # registered exactly once
+    (only,) = c.search_model_versions(f"name = '{name}'")  # registered exactly once
     assert only.version == done.version and only.tags["registration"] == "complete"
-    assert set(c.get_model_version("registry-test", only.version).aliases) == {"candidate", "champion"}
+    assert set(c.get_model_version(name, only.version).aliases) == {"candidate", "champion"}
     again = register_flow(server_store["uri"], server_store["exp"], version_card, str(server_store["dir"] /
                                                                                       "model.onnx"))
-    assert again.version == done.version and len(c.search_model_versions("name = 'registry-test'")) == 1
+    assert again.version == done.version and len(c.search_model_versions(f"name = '{name}'")) == 1
