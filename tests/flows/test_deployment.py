@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from servers import PREFECT, new_database, prefect_server, prefect_workers
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +57,7 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
     trial is a flow run of the trial deployment taken by whichever of the other two is free, the study lives in
     PostgreSQL, and the pipeline goes on to register the best trial's model."""
     env, results, logs, run = served
-    nightly = json.loads(run("deployment", "inspect", "oneformer-pipeline/nightly", "--output", "json").stdout)
+    nightly = deployment_of(env["PREFECT_API_URL"], "oneformer-pipeline/nightly")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["parameters"]["sources"]["train"] == f"{small_synth.parent}/train"
     assert nightly["work_pool_name"] == "oneformer-process"
@@ -86,11 +92,10 @@ def test_a_deployed_pipeline_spreads_its_trials_over_the_pools_workers(served, s
     for t in trials:
         assert Path(t.user_attrs["checkpoint"]).is_file() and t.user_attrs["epochs"] == 1
 
-    flow_runs = json.loads(run("flow-run", "ls", "--flow-name", "oneformer-trial", "--limit", "50", "--output",
-                               "json").stdout)
-    assert len(flow_runs) == TRIALS and {r["state_type"] for r in flow_runs} == {"COMPLETED"}  # each trial ran once
-    assert {r["id"] for r in flow_runs} == {t.user_attrs["prefect_flow_run"] for t in trials}
-    assert sorted(r["parameters"]["trial_id"] for r in flow_runs) == sorted(t._trial_id for t in trials)
+    flow_runs = flow_runs_of(env["PREFECT_API_URL"], flow="oneformer-trial")
+    assert len(flow_runs) == TRIALS and {r.state_type.value for r in flow_runs} == {"COMPLETED"}  # each ran once
+    assert {str(r.id) for r in flow_runs} == {t.user_attrs["prefect_flow_run"] for t in trials}
+    assert sorted(r.parameters["trial_id"] for r in flow_runs) == sorted(t._trial_id for t in trials)
 
     from mlflow.tracking import MlflowClient
 
@@ -110,7 +115,7 @@ def test_an_action_run_overrides_one_parameter_and_keeps_the_deployments_others(
                                                                                  random_checkpoint: Path) -> None:
     env, results, logs, run = served
     shutil.rmtree(results / "export", ignore_errors=True)  # the pipeline test's export, if it ran first
-    export = json.loads(run("deployment", "inspect", "oneformer-export/export", "--output", "json").stdout)
+    export = deployment_of(env["PREFECT_API_URL"], "oneformer-export/export")
     assert export["parameters"]["spec"] == "specs/smoke.yaml" and export["parameters"]["results_dir"] == str(results)
     assert "inputs" not in export["parameter_openapi_schema"]["properties"]
 
@@ -128,7 +133,7 @@ def test_an_action_run_overrides_one_parameter_and_keeps_the_deployments_others(
     assert written["model"]["one_former"]["num_object_queries"] == 12  # the deployment's spec (specs/smoke.yaml)
     assert written["dataset"]["label_map"] == f"{small_synth.parent}/train/label_map.json"  # and its sources
     assert (results / "export" / "model.onnx").is_file()
-    name = json.loads(run("flow-run", "ls", "--flow-name", "oneformer-export", "--output", "json").stdout)[0]["name"]
+    [name] = [r.name for r in flow_runs_of(env["PREFECT_API_URL"], flow="oneformer-export")]
     assert name.startswith("export-random-"), name  # named for its action and parent, in Prefect and in MLflow
 
     from mlflow.tracking import MlflowClient
@@ -138,28 +143,52 @@ def test_an_action_run_overrides_one_parameter_and_keeps_the_deployments_others(
     assert [r.info.run_name for r in tracked] == [name]
 
 
-def flow_runs_of(api: str, parent: str | None = None, ids: list[str] | None = None) -> list:
-    """Flow runs on the served API: one by id, or the subflow runs (trials) of a parent."""
-    from uuid import UUID
-
+@contextmanager
+def api_client(api: str) -> Iterator[SyncPrefectClient]:
+    """A client of the served API, for the checks around what a user runs (each `prefect` CLI call would be a
+    process importing Prefect: 1.6 s of CPU on 2 cores)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        which = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent)])) if parent else \
-            FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in ids or []]))
+        yield client
+
+
+def flow_runs_of(api: str, parent: str | None = None, ids: list[str] | None = None,
+                 flow: str | None = None) -> list:
+    """Flow runs on the served API: by id, the subflow runs (trials) of a parent, or every run of a flow."""
+    from uuid import UUID
+
+    from prefect.client.schemas import filters as f
+
+    with api_client(api) as client:
+        if flow:
+            return client.read_flow_runs(flow_filter=f.FlowFilter(name=f.FlowFilterName(any_=[flow])))
+        which = f.FlowRunFilter(parent_flow_run_id=f.FlowRunFilterParentFlowRunId(any_=[UUID(parent)])) if parent \
+            else f.FlowRunFilter(id=f.FlowRunFilterId(any_=[UUID(i) for i in ids or []]))
         return client.read_flow_runs(flow_run_filter=which)
+
+
+def deployment_of(api: str, name: str) -> dict:
+    """A deployment on the served API, as `prefect deployment inspect --output json` shows it."""
+    with api_client(api) as client:
+        return client.read_deployment_by_name(name).model_dump(mode="json")
+
+
+def set_pool(api: str, pool: str, **changes: object) -> None:
+    """Change the work pool (concurrency limit, paused), as `prefect work-pool set-concurrency-limit`, `pause`,
+    `clear-concurrency-limit` and `resume` do."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    with api_client(api) as client:
+        client.update_work_pool(pool, WorkPoolUpdate(**changes))
 
 
 def states_of(api: str, flow_run: str) -> list[str]:
     """The state types a flow run on the served API went through, oldest first."""
     from uuid import UUID
 
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+    with api_client(api) as client:
         return [s.type.value for s in client.read_flow_run_states(UUID(flow_run))]
 
 
@@ -210,7 +239,7 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
                  "automl.study_name": f"abandoned-{how}", "automl.pruner": "none", "automl.sampler": "random"}
     api = env["PREFECT_API_URL"]
     if how == "killed":  # the pipeline takes the pool's one slot; the trials it launches wait for another
-        run("work-pool", "set-concurrency-limit", "oneformer-process", "1")
+        set_pool(api, "oneformer-process", concurrency_limit=1)
     try:
         started = run("deployment", "run", "oneformer-pipeline/on-demand", "--param", "n_trials=4",
                       "--param", f"overrides={json.dumps(overrides)}", "--param", f"results_dir={results}-{how}")
@@ -226,7 +255,7 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
             run("flow-run", "cancel", pipeline)
         else:  # the pipeline's process dies (OOM killer, a kill -9): its worker reports it crashed
             until("two trial flow runs queued", lambda: launched("SCHEDULED"), 420, logs)
-            run("work-pool", "pause", "oneformer-process")  # the freed slot must not start one before the hook ran
+            set_pool(api, "oneformer-process", is_paused=True)  # the freed slot must not start one before the hook ran
             for pid in until("the pipeline's process", lambda: processes_of({pipeline}), 30, logs):
                 os.kill(pid, signal.SIGKILL)
 
@@ -237,8 +266,7 @@ def test_a_cancelled_or_crashed_pipeline_ends_the_trials_it_launched(served, sma
             r.state.is_final() for r in runs) and runs, 180, logs)
     finally:
         if how == "killed":
-            run("work-pool", "clear-concurrency-limit", "oneformer-process")
-            run("work-pool", "resume", "oneformer-process")
+            set_pool(api, "oneformer-process", concurrency_limit=None, is_paused=False)
     assert {r.state.type.value for r in ended} == {"CANCELLED"}, [(r.name, r.state) for r in ended]
     assert until("no trial process left", lambda: not processes_of({str(r.id) for r in ended}), 60, logs)
     if how == "killed":  # none ever ran: scheduled, then cancelled
