@@ -284,10 +284,12 @@ def _row(candidate: Candidate) -> dict[str, Any]:
 
 def fastest(backends: dict[str, dict[str, Any]], allowed: Callable[[Candidate], bool] = lambda c: True
             ) -> str | None:
-    """The fastest row that passed its parity and that `allowed` accepts; None when none qualifies."""
+    """The fastest row that passed its parity and that `allowed` accepts; None when none qualifies. Times are
+    medians to 0.1 ms, so equal ones are common on small inputs: the earlier row wins (ONNX Runtime, the reference,
+    comes first), as in `serving_choice`, not the name that sorts first."""
     rows = [(r["ms"], n) for n, r in backends.items() if r.get("passed") and r.get("ms") is not None
             and allowed(Candidate.parse(n))]
-    return min(rows)[1] if rows else None
+    return min(rows, key=lambda r: r[0])[1] if rows else None
 
 
 def choose(path: str | Path, precision: str = "auto", images: list[Path] | None = None,
@@ -338,8 +340,9 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, Candidate, dict[str, 
 def serving_choice(report: dict[str, Any] | None, files: set[str], backend: str = "auto", precision: str = "auto",
                    here: bool = True) -> tuple[str, Candidate]:
     """Which file (fp32 or int8) and candidate answer a request for `backend` at `precision`: the fastest measured
-    one that passed its parity and that this machine runs (`here`: openvino importable, bf16 on the CPU); what was
-    asked for where none qualifies (an older version without a report, a machine without OpenVINO)."""
+    one that passed its parity and that this machine runs (`here`: openvino importable, bf16 on the CPU), the
+    earlier in the report on equal times (the FP32 file's, ONNX Runtime's first); what was asked for where none
+    qualifies (an older version without a report, a machine without OpenVINO)."""
     if backend not in SERVE_BACKENDS:
         raise ConversionError(f"params backend={backend!r}: one of {', '.join(SERVE_BACKENDS)}")
     if precision not in SERVE_PRECISIONS:

@@ -61,7 +61,8 @@ def test_auto_answers_with_the_fastest_passing_file_and_backend_and_names_it(ver
     assert set(report["files"]) == {"fp32", "int8"}
     rows = {name: row for rep in report["files"].values() for name, row in rep["backends"].items()}
     assert {"onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8", "openvino-int8"} <= set(rows)
-    fastest = min((r["ms"], n) for n, r in rows.items() if r["passed"])[1]
+    passing = [(r["ms"], n) for n, r in rows.items() if r["passed"]]  # in the report's order: FP32 file first
+    fastest = min(passing, key=lambda r: r[0])[1]  # times to 0.1 ms tie often here: the earlier row wins
     assert report["chosen"]["backend"] == fastest
     model = served(version)
     (out,) = model.predict(None, [image()])

@@ -117,6 +117,17 @@ def version(rows: dict[str, dict[str, tuple[float, bool]]]) -> dict:
                       for kind, r in rows.items()}}
 
 
+def test_equal_times_go_to_the_earlier_row_for_a_file_and_for_a_version() -> None:
+    """Times are medians to 0.1 ms, so small models tie: a file's report and a version's pick agree on the winner
+    (the earlier row), whatever the names sort to (a version's report once named another backend than it served)."""
+    one_file = {"onnxruntime-fp32": {"ms": 3.0, "passed": True}, "openvino-fp32": {"ms": 1.2, "passed": True},
+                "openvino-bf16": {"ms": 1.2, "passed": True}}
+    assert choice.fastest(one_file) == "openvino-fp32"
+    tied = version({"fp32": {"onnxruntime-fp32": (3.0, True), "openvino-bf16": (1.2, True)},
+                    "int8": {"onnxruntime-int8": (1.2, True)}})
+    assert serving_choice(tied, {"fp32", "int8"}, here=False) == ("fp32", Candidate("openvino", "bf16"))
+
+
 def test_the_served_model_picks_the_fastest_passing_file_and_backend_this_machine_runs(
         monkeypatch: pytest.MonkeyPatch) -> None:
     report = version({"fp32": {"onnxruntime-fp32": (20.0, True), "openvino-fp32": (19.0, True),
