@@ -27,6 +27,7 @@ os.environ.setdefault("ONEFORMER_THREADS", str(THREADS))
 os.environ.setdefault("ONEFORMER_BACKENDS", "onnxruntime")
 
 LEARN_EPOCHS = 24
+LEARN_SIZE = 96
 
 
 @pytest.fixture(autouse=True)
@@ -116,15 +117,42 @@ def random_models(small_synth: Path, random_checkpoint: Path, tmp_path_factory: 
             "report": report, "folder": folder}
 
 
+def at_size(spec_path: Path, size: int) -> Path:
+    """The spec at `spec_path` trained, evaluated and exported at `size` px (its augmentation scaled as the smoke
+    preset's 128 px is), written beside it."""
+    import yaml
+
+    spec = yaml.safe_load(spec_path.read_text())
+    dataset, scale = spec["dataset"], size / 128
+    dataset["image_size"] = size
+    dataset["augmentation"].update({
+        "train_min_size": [round(s * scale) for s in (112, 128, 144, 160)], "train_max_size": round(320 * scale),
+        "train_crop_size": [size, size], "test_min_size": size, "test_max_size": 2 * size})
+    spec["model"]["backbone"]["swin"]["pretrain_img_size"] = size
+    spec["inference"]["image_size"] = [size, size]
+    spec["export"].update({"input_height": size, "input_width": size})
+    out = spec_path.with_name(f"spec_{size}px.yaml")
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
 @pytest.fixture(scope="session")
-def trained(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def learn_spec(synth: Path) -> Path:
+    """The synthetic data's spec at LEARN_SIZE px, for the tests that assert learning: at 96 px the smoke model
+    learns as well in 24 epochs as at 128 px (best mIoU 0.68-0.88 over three seeds against 0.62 at 128 px, on one
+    AVX2 machine) in three quarters of the time."""
+    return at_size(synth, LEARN_SIZE)
+
+
+@pytest.fixture(scope="session")
+def trained(learn_spec: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The smoke model trained for 24 epochs on the synthetic data (shared by the slow tests that need learning)."""
     from oneformer.actions.train import train
     from oneformer.spec import load_spec
 
     results = tmp_path_factory.mktemp("results")
-    spec = load_spec(synth, [f"results_dir={results}", f"train.num_epochs={LEARN_EPOCHS}"])
-    return {"spec_path": synth, "results": results, **train(spec)}
+    spec = load_spec(learn_spec, [f"results_dir={results}", f"train.num_epochs={LEARN_EPOCHS}"])
+    return {"spec_path": learn_spec, "results": results, **train(spec)}
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ def study_flow(spec, uri: str, run_key: str = "night-1", key: str = "k",  # noqa
              "params": t.params} for t in study.trials]
 
 
-def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(prefect_api, synth: Path,  # noqa: ANN001
+def test_study_prunes_a_hopeless_trial_records_a_failure_and_picks_the_best(prefect_api, learn_spec: Path,  # noqa: ANN001
                                                                              tmp_path: Path) -> None:
-    spec = load_spec(synth, {
+    spec = load_spec(learn_spec, {
         "results_dir": str(tmp_path), "train.num_epochs": 6, "automl.n_trials": 4,
         "automl.pruner": "median", "automl.study_name": "prune-test",
         "automl.search_space": {"train.optim.lr": {"min": 1e-6, "max": 1e-2},
