@@ -118,16 +118,17 @@ def random_models(small_synth: Path, random_checkpoint: Path, tmp_path_factory: 
 
 
 def at_size(spec_path: Path, size: int) -> Path:
-    """The spec at `spec_path` trained, evaluated and exported at `size` px (its augmentation scaled as the smoke
-    preset's 128 px is), written beside it."""
+    """The spec at `spec_path` trained, evaluated and exported at `size` px (its augmentation scaled from its own
+    dataset.image_size), written beside it."""
     import yaml
 
     spec = yaml.safe_load(spec_path.read_text())
-    dataset, scale = spec["dataset"], size / 128
+    dataset = spec["dataset"]
+    aug, scale = dataset["augmentation"], size / dataset["image_size"]
     dataset["image_size"] = size
-    dataset["augmentation"].update({
-        "train_min_size": [round(s * scale) for s in (112, 128, 144, 160)], "train_max_size": round(320 * scale),
-        "train_crop_size": [size, size], "test_min_size": size, "test_max_size": 2 * size})
+    aug.update({"train_min_size": [round(s * scale) for s in aug["train_min_size"]],
+                "train_max_size": round(aug["train_max_size"] * scale), "train_crop_size": [size, size],
+                "test_min_size": size, "test_max_size": round(aug["test_max_size"] * scale)})
     spec["model"]["backbone"]["swin"]["pretrain_img_size"] = size
     spec["inference"]["image_size"] = [size, size]
     spec["export"].update({"input_height": size, "input_width": size})
